@@ -1,0 +1,228 @@
+//! The tract backend: ONNX on the CPU.
+//!
+//! Every input gets its fixed shape before optimisation: tract plans a symbolic batch several
+//! times slower, and the pipeline only ever runs batch 1 (looping batch 1 is also faster per
+//! frame than batching on tract). Each network keeps one spawned state, so a run reuses the
+//! plan's buffers instead of setting it up again.
+
+use std::path::Path;
+
+use tract_onnx::prelude::*;
+
+use super::{Engine, EngineError, HeadOutput};
+use crate::bundle::Bundle;
+
+type Plan = TypedSimpleState;
+
+/// Encoder and head, optimised for the bundle's shapes.
+pub struct TractEngine {
+    /// The encoder's runnable state.
+    encoder: Plan,
+    /// The head's runnable state.
+    head: Plan,
+    /// Encoder input shape `[1, C, H, W]`.
+    image_shape: [usize; 4],
+    /// Head input shape `[1, T, D]`.
+    features_shape: [usize; 3],
+    /// Length of one feature vector.
+    feature_dim: usize,
+    /// Number of classes.
+    labels: usize,
+    /// File names for error messages.
+    encoder_file: String,
+    head_file: String,
+}
+
+impl TractEngine {
+    /// Loads and optimises both networks of `bundle`, checking their inputs and outputs
+    /// against the manifest.
+    pub fn load(bundle: &Bundle) -> Result<TractEngine, EngineError> {
+        let m = &bundle.manifest;
+        let image_shape = [
+            1,
+            m.input.channels as usize,
+            m.input.height as usize,
+            m.input.width as usize,
+        ];
+        let feature_dim = bundle.feature_dim();
+        let features_shape = [1, bundle.frames_per_beat(), feature_dim];
+        let labels = bundle.labels.len();
+
+        let encoder = load_plan(
+            &bundle.encoder_path(),
+            &m.encoder.input,
+            &image_shape,
+            &[(&m.encoder.output, vec![1, feature_dim])],
+        )?;
+        let head = load_plan(
+            &bundle.head_path(),
+            &m.head.input,
+            &features_shape,
+            &[(&m.head.logits, vec![1, labels]), (&m.head.alpha, vec![1, 1])],
+        )?;
+        Ok(TractEngine {
+            encoder,
+            head,
+            image_shape,
+            features_shape,
+            feature_dim,
+            labels,
+            encoder_file: m.encoder.file.clone(),
+            head_file: m.head.file.clone(),
+        })
+    }
+}
+
+/// Loads `path`, fixes its single input `input` to `shape`, selects `outputs` by name in the
+/// given order, checks their shapes, and returns a runnable state.
+fn load_plan(
+    path: &Path,
+    input: &str,
+    shape: &[usize],
+    outputs: &[(&String, Vec<usize>)],
+) -> Result<Plan, EngineError> {
+    let file = path.display().to_string();
+    let load = |message: String| EngineError::Load {
+        file: file.clone(),
+        message,
+    };
+    let mismatch = |message: String| EngineError::Mismatch {
+        file: file.clone(),
+        message,
+    };
+    let mut model = tract_onnx::onnx()
+        .model_for_path(path)
+        .map_err(|e| load(format!("{e:#}")))?;
+
+    let inputs = model.input_outlets().map_err(|e| load(format!("{e:#}")))?.to_vec();
+    let input_names: Vec<String> = inputs
+        .iter()
+        .map(|o| model.node(o.node).name.clone())
+        .collect();
+    if input_names != [input] {
+        return Err(mismatch(format!(
+            "inputs are {input_names:?}, the manifest expects exactly [{input:?}]"
+        )));
+    }
+    model
+        .set_input_fact(0, f32::fact(shape).into())
+        .map_err(|e| load(format!("{e:#}")))?;
+
+    let mut selected = Vec::new();
+    for (name, _) in outputs {
+        let outlet = model
+            .output_outlets()
+            .map_err(|e| load(format!("{e:#}")))?
+            .iter()
+            .copied()
+            .find(|o| {
+                model.outlet_label(*o) == Some(name.as_str()) || model.node(o.node).name == **name
+            })
+            .ok_or_else(|| {
+                let have: Vec<String> = model
+                    .output_outlets()
+                    .map(|outs| {
+                        outs.iter()
+                            .map(|o| {
+                                model
+                                    .outlet_label(*o)
+                                    .map_or_else(|| model.node(o.node).name.clone(), str::to_string)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                mismatch(format!("has no output {name:?}; its outputs are {have:?}"))
+            })?;
+        selected.push(outlet);
+    }
+    model
+        .select_output_outlets(&selected)
+        .map_err(|e| load(format!("{e:#}")))?;
+
+    let typed = model.into_optimized().map_err(|e| load(format!("{e:#}")))?;
+    for (i, (name, expected)) in outputs.iter().enumerate() {
+        let fact = typed.output_fact(i).map_err(|e| load(format!("{e:#}")))?;
+        let dims: Option<Vec<usize>> = fact.shape.as_concrete().map(<[usize]>::to_vec);
+        if dims.as_deref() != Some(expected.as_slice()) || fact.datum_type != f32::datum_type() {
+            return Err(mismatch(format!(
+                "output {name:?} is {:?} {:?}, the manifest implies f32 {expected:?}",
+                fact.datum_type, fact.shape
+            )));
+        }
+    }
+    let plan = typed.into_runnable().map_err(|e| load(format!("{e:#}")))?;
+    TypedSimpleState::new(&plan).map_err(|e| load(format!("{e:#}")))
+}
+
+/// Runs `state` on one f32 input of `shape`.
+fn run(
+    state: &mut Plan,
+    file: &str,
+    shape: &[usize],
+    data: &[f32],
+) -> Result<TVec<TValue>, EngineError> {
+    let run_err = |e: TractError| EngineError::Run {
+        file: file.to_string(),
+        message: format!("{e:#}"),
+    };
+    let input = Tensor::from_shape(shape, data).map_err(run_err)?;
+    state.run(tvec!(input.into())).map_err(run_err)
+}
+
+/// Copies an f32 output tensor into `dst`.
+fn read_f32(value: &TValue, file: &str, dst: &mut [f32]) -> Result<(), EngineError> {
+    let view = value.to_plain_array_view::<f32>().map_err(|e| EngineError::Run {
+        file: file.to_string(),
+        message: format!("{e:#}"),
+    })?;
+    if view.len() != dst.len() {
+        return Err(EngineError::BadLength {
+            what: "model output",
+            expected: dst.len(),
+            actual: view.len(),
+        });
+    }
+    for (d, v) in dst.iter_mut().zip(view.iter()) {
+        *d = *v;
+    }
+    Ok(())
+}
+
+impl Engine for TractEngine {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn encode(&mut self, image: &[f32], features: &mut [f32]) -> Result<(), EngineError> {
+        let expected: usize = self.image_shape.iter().product();
+        if image.len() != expected || features.len() != self.feature_dim {
+            return Err(EngineError::BadLength {
+                what: "encoder input/output",
+                expected: if image.len() != expected { expected } else { self.feature_dim },
+                actual: if image.len() != expected { image.len() } else { features.len() },
+            });
+        }
+        let out = run(&mut self.encoder, &self.encoder_file, &self.image_shape, image)?;
+        read_f32(&out[0], &self.encoder_file, features)
+    }
+
+    fn head(&mut self, features: &[f32]) -> Result<HeadOutput, EngineError> {
+        let expected: usize = self.features_shape.iter().product();
+        if features.len() != expected {
+            return Err(EngineError::BadLength {
+                what: "head input",
+                expected,
+                actual: features.len(),
+            });
+        }
+        let out = run(&mut self.head, &self.head_file, &self.features_shape, features)?;
+        let mut logits = vec![0.0; self.labels];
+        read_f32(&out[0], &self.head_file, &mut logits)?;
+        let mut alpha = [0.0];
+        read_f32(&out[1], &self.head_file, &mut alpha)?;
+        Ok(HeadOutput {
+            logits,
+            alpha: alpha[0],
+        })
+    }
+}
