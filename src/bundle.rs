@@ -231,8 +231,7 @@ impl Bundle {
                 input.frames_per_beat
             )));
         }
-        if input.mean.len() != input.channels as usize
-            || input.std.len() != input.channels as usize
+        if input.mean.len() != input.channels as usize || input.std.len() != input.channels as usize
         {
             return Err(invalid(format!(
                 "input.mean and input.std need one value per channel ({})",
@@ -242,7 +241,9 @@ impl Bundle {
         if input.std.iter().any(|s| !s.is_finite() || *s <= 0.0)
             || input.mean.iter().any(|m| !m.is_finite())
         {
-            return Err(invalid("input.std must be positive and input.mean finite".into()));
+            return Err(invalid(
+                "input.std must be positive and input.mean finite".into(),
+            ));
         }
         if manifest.encoder.feature_dim == 0 {
             return Err(invalid("encoder.feature_dim must be positive".into()));

@@ -253,7 +253,10 @@ mod tests {
             let mut logits = vec![0.0; self.classes];
             let class = (features[0].abs() as usize) % self.classes;
             logits[class] = self.scale;
-            Ok(HeadOutput { logits, alpha: 0.25 })
+            Ok(HeadOutput {
+                logits,
+                alpha: 0.25,
+            })
         }
     }
 
@@ -261,14 +264,23 @@ mod tests {
         FeatureKey {
             seq,
             region: BeatRegion {
-                crop: Rect { x: 0, y: 0, width: 4, height: 4 },
+                crop: Rect {
+                    x: 0,
+                    y: 0,
+                    width: 4,
+                    height: 4,
+                },
                 mask_fingerprint: 7,
             },
         }
     }
 
     fn classifier(scale: f32, threshold: f32) -> Classifier {
-        let engine = ArithmeticEngine { encodes: 0, scale, classes: 3 };
+        let engine = ArithmeticEngine {
+            encodes: 0,
+            scale,
+            classes: 3,
+        };
         Classifier::new(
             Box::new(engine),
             vec![View::Plax, View::A4c, View::Subcostal],
@@ -298,13 +310,28 @@ mod tests {
     fn a_frame_is_encoded_once_per_region() {
         let mut c = classifier(10.0, 0.5);
         let tensors = [2.0; 4];
-        assert_eq!(c.classify(&[key(1), key(2)], &tensors).unwrap().frames_encoded, 2);
+        assert_eq!(
+            c.classify(&[key(1), key(2)], &tensors)
+                .unwrap()
+                .frames_encoded,
+            2
+        );
         // Frame 2 again under the same region: cached. Frame 3 is new.
-        assert_eq!(c.classify(&[key(2), key(3)], &tensors).unwrap().frames_encoded, 1);
+        assert_eq!(
+            c.classify(&[key(2), key(3)], &tensors)
+                .unwrap()
+                .frames_encoded,
+            1
+        );
         // Frame 3 under another mask must be encoded again.
         let mut other = key(3);
         other.region.mask_fingerprint = 9;
-        assert_eq!(c.classify(&[other, key(3)], &tensors).unwrap().frames_encoded, 1);
+        assert_eq!(
+            c.classify(&[other, key(3)], &tensors)
+                .unwrap()
+                .frames_encoded,
+            1
+        );
     }
 
     #[test]
@@ -323,7 +350,10 @@ mod tests {
         let mut c = classifier(1.0, 0.5);
         assert!(matches!(
             c.classify(&[key(1)], &[0.0; 2]),
-            Err(EngineError::BadLength { what: "gated frames", .. })
+            Err(EngineError::BadLength {
+                what: "gated frames",
+                ..
+            })
         ));
     }
 

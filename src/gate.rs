@@ -193,7 +193,11 @@ impl Gate {
     /// Records a frame. Frames must arrive in time order; one that does not is ignored, since
     /// the capture clock never runs backwards and such a frame cannot be placed.
     pub fn push_frame(&mut self, frame: FrameStamp) {
-        if self.frames.back().is_some_and(|last| frame.t_ns <= last.t_ns) {
+        if self
+            .frames
+            .back()
+            .is_some_and(|last| frame.t_ns <= last.t_ns)
+        {
             return;
         }
         if self.frames.len() == MAX_FRAMES {
@@ -377,7 +381,10 @@ mod tests {
         let step = 1_000_000_000 / fps;
         let mut t = from_ms * MS;
         while t <= to_ms * MS {
-            gate.push_frame(FrameStamp { seq: t / step, t_ns: t });
+            gate.push_frame(FrameStamp {
+                seq: t / step,
+                t_ns: t,
+            });
             t += step;
         }
     }
@@ -406,7 +413,10 @@ mod tests {
         gate.push_r_peak(1000 * MS);
         feed_frames(&mut gate, 100, 1000, 1790);
         gate.push_r_peak(1800 * MS);
-        assert!(events(&mut gate).is_empty(), "must wait for a frame at the beat's end");
+        assert!(
+            events(&mut gate).is_empty(),
+            "must wait for a frame at the beat's end"
+        );
         feed_frames(&mut gate, 100, 1800, 1800);
         let ev = events(&mut gate);
         let [GateEvent::Beat(beat)] = ev.as_slice() else {
@@ -474,7 +484,13 @@ mod tests {
         feed_frames(&mut gate, 30, 2301, 2400);
         let ev = events(&mut gate);
         assert!(
-            matches!(ev.as_slice(), [GateEvent::Skipped(SkippedBeat { reason: SkipReason::MissingFrames, .. })]),
+            matches!(
+                ev.as_slice(),
+                [GateEvent::Skipped(SkippedBeat {
+                    reason: SkipReason::MissingFrames,
+                    ..
+                })]
+            ),
             "{ev:?}"
         );
     }
@@ -505,7 +521,10 @@ mod tests {
         assert_eq!(ev.len(), 49 - MAX_PENDING);
         assert!(ev.iter().all(|e| matches!(
             e,
-            GateEvent::Skipped(SkippedBeat { reason: SkipReason::MissingFrames, .. })
+            GateEvent::Skipped(SkippedBeat {
+                reason: SkipReason::MissingFrames,
+                ..
+            })
         )));
         gate.finish();
         assert_eq!(events(&mut gate).len(), MAX_PENDING);
@@ -526,7 +545,10 @@ mod tests {
     fn out_of_order_inputs_are_ignored() {
         let mut gate = Gate::new(GateConfig::new(2));
         feed_frames(&mut gate, 50, 0, 2000);
-        gate.push_frame(FrameStamp { seq: 1, t_ns: 10 * MS });
+        gate.push_frame(FrameStamp {
+            seq: 1,
+            t_ns: 10 * MS,
+        });
         gate.push_r_peak(500 * MS);
         gate.push_r_peak(400 * MS);
         gate.push_r_peak(1300 * MS);

@@ -82,7 +82,10 @@ impl Frame {
             ));
         }
         if self.format == PixelFormat::Yuyv && !self.width.is_multiple_of(2) {
-            return Err(format!("frame {}: YUYV needs an even width, got {}", self.seq, self.width));
+            return Err(format!(
+                "frame {}: YUYV needs an even width, got {}",
+                self.seq, self.width
+            ));
         }
         Ok(())
     }

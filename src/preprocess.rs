@@ -51,6 +51,15 @@ pub enum PreprocessError {
         /// Frame height.
         height: u32,
     },
+    /// The caller's output buffer cannot hold the beat (a bug, reported rather than
+    /// panicking).
+    #[error("output buffer holds {given} values, the beat needs {needed}")]
+    OutputTooSmall {
+        /// Values needed.
+        needed: usize,
+        /// Values the buffer holds.
+        given: usize,
+    },
     /// The resizer refused (it should not for valid sizes).
     #[error("resize failed: {0}")]
     Resize(String),
@@ -131,13 +140,50 @@ impl Preprocessor {
     }
 
     /// Preprocesses one beat: `out` receives `frames.len()` tensors of [`Self::tensor_len`]
-    /// floats each, in frame order.
+    /// floats each, in frame order, normalised for the encoder.
     pub fn prepare_beat(
         &mut self,
         frames: &[&Frame],
         out: &mut [f32],
     ) -> Result<BeatRegion, PreprocessError> {
+        let scale = 1.0 / (255.0 * self.config.std);
+        let offset = self.config.mean / self.config.std;
+        self.prepare(frames, out.len(), |i, len, pixels| {
+            for (o, &p) in out[i * len..(i + 1) * len].iter_mut().zip(pixels) {
+                *o = f32::from(p) * scale - offset;
+            }
+        })
+    }
+
+    /// Preprocesses one beat up to, not including, normalisation: `out` receives
+    /// `frames.len()` planes of [`Self::tensor_len`] 8-bit pixels. Training clips are stored
+    /// this way, so augmentation acts on pixels and normalisation stays in the manifest.
+    pub fn prepare_beat_pixels(
+        &mut self,
+        frames: &[&Frame],
+        out: &mut [u8],
+    ) -> Result<BeatRegion, PreprocessError> {
+        self.prepare(frames, out.len(), |i, len, pixels| {
+            out[i * len..(i + 1) * len].copy_from_slice(pixels);
+        })
+    }
+
+    /// The shared work: validates, greys, masks, crops and resizes each frame, handing frame
+    /// i's resized pixels to `emit(i, tensor_len, pixels)`.
+    fn prepare(
+        &mut self,
+        frames: &[&Frame],
+        out_len: usize,
+        mut emit: impl FnMut(usize, usize, &[u8]),
+    ) -> Result<BeatRegion, PreprocessError> {
         let first = frames.first().ok_or(PreprocessError::Empty)?;
+        let tensor_len = self.tensor_len();
+        if out_len < frames.len() * tensor_len {
+            return Err(PreprocessError::OutputTooSmall {
+                needed: frames.len() * tensor_len,
+                given: out_len,
+            });
+        }
         for f in frames {
             f.validate().map_err(PreprocessError::BadFrame)?;
             if (f.width, f.height, f.format) != (first.width, first.height, first.format) {
@@ -165,8 +211,7 @@ impl Preprocessor {
         // apart, so everything counts as changing.
         self.changing.clear();
         self.changing.resize(plane, u8::from(frames.len() == 1));
-        if frames.len() > 1 {
-            let (reference, rest) = greys.split_first().expect("at least one frame");
+        if let Some((reference, rest)) = greys.split_first() {
             for g in rest {
                 for ((c, a), b) in self.changing.iter_mut().zip(reference).zip(g) {
                     *c |= u8::from(a != b);
@@ -205,9 +250,6 @@ impl Preprocessor {
             0
         };
 
-        let out_len = self.tensor_len();
-        let scale = 1.0 / (255.0 * self.config.std);
-        let offset = self.config.mean / self.config.std;
         for (i, grey) in greys.iter().enumerate() {
             let (cw, ch) = (crop.width as usize, crop.height as usize);
             self.crop_buf.clear();
@@ -216,8 +258,12 @@ impl Preprocessor {
                 let pixels = &grey[start..start + cw];
                 if use_mask {
                     let mask = &self.changing[start..start + cw];
-                    self.crop_buf
-                        .extend(pixels.iter().zip(mask).map(|(&p, &m)| if m != 0 { p } else { 0 }));
+                    self.crop_buf.extend(
+                        pixels
+                            .iter()
+                            .zip(mask)
+                            .map(|(&p, &m)| if m != 0 { p } else { 0 }),
+                    );
                 } else {
                     self.crop_buf.extend_from_slice(pixels);
                 }
@@ -229,10 +275,7 @@ impl Preprocessor {
             self.resizer
                 .resize(&src, &mut self.resized, &options)
                 .map_err(|e| PreprocessError::Resize(e.to_string()))?;
-            let dst = &mut out[i * out_len..(i + 1) * out_len];
-            for (o, &p) in dst.iter_mut().zip(self.resized.buffer()) {
-                *o = f32::from(p) * scale - offset;
-            }
+            emit(i, tensor_len, self.resized.buffer());
         }
         Ok(BeatRegion {
             crop,
@@ -304,7 +347,13 @@ fn fingerprint(mask: &[u8], crop: Rect, w: usize) -> u64 {
 mod tests {
     use super::*;
 
-    fn frame(seq: u64, w: u32, h: u32, format: PixelFormat, pixel: impl Fn(u32, u32) -> u8) -> Frame {
+    fn frame(
+        seq: u64,
+        w: u32,
+        h: u32,
+        format: PixelFormat,
+        pixel: impl Fn(u32, u32) -> u8,
+    ) -> Frame {
         let bpp = format.bytes_per_pixel() as u32;
         let stride = w * bpp + 3; // padded rows, as capture drivers do
         let mut data = vec![0xEE; (stride * h) as usize];
@@ -318,11 +367,25 @@ mod tests {
                 }
             }
         }
-        Frame { seq, t_ns: seq, width: w, height: h, stride, format, data }
+        Frame {
+            seq,
+            t_ns: seq,
+            width: w,
+            height: h,
+            stride,
+            format,
+            data,
+        }
     }
 
     fn config(width: u32, height: u32) -> PreprocessConfig {
-        PreprocessConfig { width, height, mean: 0.0, std: 1.0, crop: None }
+        PreprocessConfig {
+            width,
+            height,
+            mean: 0.0,
+            std: 1.0,
+            crop: None,
+        }
     }
 
     #[test]
@@ -346,18 +409,33 @@ mod tests {
         let mut pre = Preprocessor::new(config(20, 20));
         let mut out = vec![0.0; 3 * pre.tensor_len()];
         let region = pre.prepare_beat(&refs, &mut out).unwrap();
-        assert_eq!(region.crop, Rect { x: 10, y: 5, width: 20, height: 20 });
+        assert_eq!(
+            region.crop,
+            Rect {
+                x: 10,
+                y: 5,
+                width: 20,
+                height: 20
+            }
+        );
         assert_ne!(region.mask_fingerprint, 0);
         // The crop is the model size, so resizing is the identity: pixels map one to one.
-        let expected = |seq: u64, x: u32, y: u32| {
-            (((x + 10) * 3 + (y + 5) * 5) as u64 + seq * 17) as u8 | 1
-        };
+        let expected =
+            |seq: u64, x: u32, y: u32| (((x + 10) * 3 + (y + 5) * 5) as u64 + seq * 17) as u8 | 1;
         for seq in 0..3u64 {
             let t = &out[seq as usize * 400..(seq as usize + 1) * 400];
             let close = |got: f32, want: u8| (got * 255.0 - f32::from(want)).abs() < 1e-3;
             assert!(close(t[0], expected(seq, 0, 0)), "{}", t[0]);
-            assert_eq!(t[10 * 20 + 10], 0.0, "static pixel inside the sector is masked");
-            assert!(close(t[19 * 20 + 19], expected(seq, 19, 19)), "{}", t[19 * 20 + 19]);
+            assert_eq!(
+                t[10 * 20 + 10],
+                0.0,
+                "static pixel inside the sector is masked"
+            );
+            assert!(
+                close(t[19 * 20 + 19], expected(seq, 19, 19)),
+                "{}",
+                t[19 * 20 + 19]
+            );
         }
     }
 
@@ -365,16 +443,26 @@ mod tests {
     fn yuyv_uses_luma_and_matches_grey() {
         let pixel = |x: u32, y: u32| (x * 9 + y * 4) as u8;
         let grey: Vec<Frame> = (0..2)
-            .map(|s| frame(s, 16, 8, PixelFormat::Grey8, move |x, y| pixel(x, y).wrapping_add(s as u8)))
+            .map(|s| {
+                frame(s, 16, 8, PixelFormat::Grey8, move |x, y| {
+                    pixel(x, y).wrapping_add(s as u8)
+                })
+            })
             .collect();
         let yuyv: Vec<Frame> = (0..2)
-            .map(|s| frame(s, 16, 8, PixelFormat::Yuyv, move |x, y| pixel(x, y).wrapping_add(s as u8)))
+            .map(|s| {
+                frame(s, 16, 8, PixelFormat::Yuyv, move |x, y| {
+                    pixel(x, y).wrapping_add(s as u8)
+                })
+            })
             .collect();
         let mut pre = Preprocessor::new(config(7, 5));
         let mut a = vec![0.0; 2 * pre.tensor_len()];
         let mut b = vec![0.0; 2 * pre.tensor_len()];
-        pre.prepare_beat(&grey.iter().collect::<Vec<_>>(), &mut a).unwrap();
-        pre.prepare_beat(&yuyv.iter().collect::<Vec<_>>(), &mut b).unwrap();
+        pre.prepare_beat(&grey.iter().collect::<Vec<_>>(), &mut a)
+            .unwrap();
+        pre.prepare_beat(&yuyv.iter().collect::<Vec<_>>(), &mut b)
+            .unwrap();
         assert_eq!(a, b);
     }
 
@@ -396,12 +484,24 @@ mod tests {
 
     #[test]
     fn frozen_video_is_used_whole_without_a_mask() {
-        let frames: Vec<Frame> = (0..4).map(|s| frame(s, 10, 10, PixelFormat::Grey8, |x, _| x as u8 * 20)).collect();
+        let frames: Vec<Frame> = (0..4)
+            .map(|s| frame(s, 10, 10, PixelFormat::Grey8, |x, _| x as u8 * 20))
+            .collect();
         let mut pre = Preprocessor::new(config(10, 10));
         let mut out = vec![0.0; 4 * pre.tensor_len()];
-        let region = pre.prepare_beat(&frames.iter().collect::<Vec<_>>(), &mut out).unwrap();
+        let region = pre
+            .prepare_beat(&frames.iter().collect::<Vec<_>>(), &mut out)
+            .unwrap();
         assert_eq!(region.mask_fingerprint, 0);
-        assert_eq!(region.crop, Rect { x: 0, y: 0, width: 10, height: 10 });
+        assert_eq!(
+            region.crop,
+            Rect {
+                x: 0,
+                y: 0,
+                width: 10,
+                height: 10
+            }
+        );
         assert!(out[9] > 0.0);
     }
 
@@ -411,16 +511,33 @@ mod tests {
         let b = frame(2, 12, 10, PixelFormat::Grey8, |_, _| 0);
         let mut pre = Preprocessor::new(config(4, 4));
         let mut out = vec![0.0; 2 * pre.tensor_len()];
-        let err = pre.prepare_beat(&[&a, &b], &mut out).unwrap_err().to_string();
+        let err = pre
+            .prepare_beat(&[&a, &b], &mut out)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("frame 2 is 12x10 GREY"), "{err}");
         let mut short = a.clone();
         short.data.truncate(50);
-        assert!(matches!(pre.prepare_beat(&[&short], &mut out), Err(PreprocessError::BadFrame(_))));
+        assert!(matches!(
+            pre.prepare_beat(&[&short], &mut out),
+            Err(PreprocessError::BadFrame(_))
+        ));
         let mut pre = Preprocessor::new(PreprocessConfig {
-            crop: Some(Rect { x: 5, y: 5, width: 10, height: 2 }),
+            crop: Some(Rect {
+                x: 5,
+                y: 5,
+                width: 10,
+                height: 2,
+            }),
             ..config(4, 4)
         });
-        assert!(matches!(pre.prepare_beat(&[&a], &mut out), Err(PreprocessError::CropOutside { .. })));
-        assert!(matches!(pre.prepare_beat(&[], &mut out), Err(PreprocessError::Empty)));
+        assert!(matches!(
+            pre.prepare_beat(&[&a], &mut out),
+            Err(PreprocessError::CropOutside { .. })
+        ));
+        assert!(matches!(
+            pre.prepare_beat(&[], &mut out),
+            Err(PreprocessError::Empty)
+        ));
     }
 }

@@ -58,7 +58,10 @@ impl TractEngine {
             &bundle.head_path(),
             &m.head.input,
             &features_shape,
-            &[(&m.head.logits, vec![1, labels]), (&m.head.alpha, vec![1, 1])],
+            &[
+                (&m.head.logits, vec![1, labels]),
+                (&m.head.alpha, vec![1, 1]),
+            ],
         )?;
         Ok(TractEngine {
             encoder,
@@ -94,7 +97,10 @@ fn load_plan(
         .model_for_path(path)
         .map_err(|e| load(format!("{e:#}")))?;
 
-    let inputs = model.input_outlets().map_err(|e| load(format!("{e:#}")))?.to_vec();
+    let inputs = model
+        .input_outlets()
+        .map_err(|e| load(format!("{e:#}")))?
+        .to_vec();
     let input_names: Vec<String> = inputs
         .iter()
         .map(|o| model.node(o.node).name.clone())
@@ -171,10 +177,12 @@ fn run(
 
 /// Copies an f32 output tensor into `dst`.
 fn read_f32(value: &TValue, file: &str, dst: &mut [f32]) -> Result<(), EngineError> {
-    let view = value.to_plain_array_view::<f32>().map_err(|e| EngineError::Run {
-        file: file.to_string(),
-        message: format!("{e:#}"),
-    })?;
+    let view = value
+        .to_plain_array_view::<f32>()
+        .map_err(|e| EngineError::Run {
+            file: file.to_string(),
+            message: format!("{e:#}"),
+        })?;
     if view.len() != dst.len() {
         return Err(EngineError::BadLength {
             what: "model output",
@@ -198,11 +206,24 @@ impl Engine for TractEngine {
         if image.len() != expected || features.len() != self.feature_dim {
             return Err(EngineError::BadLength {
                 what: "encoder input/output",
-                expected: if image.len() != expected { expected } else { self.feature_dim },
-                actual: if image.len() != expected { image.len() } else { features.len() },
+                expected: if image.len() != expected {
+                    expected
+                } else {
+                    self.feature_dim
+                },
+                actual: if image.len() != expected {
+                    image.len()
+                } else {
+                    features.len()
+                },
             });
         }
-        let out = run(&mut self.encoder, &self.encoder_file, &self.image_shape, image)?;
+        let out = run(
+            &mut self.encoder,
+            &self.encoder_file,
+            &self.image_shape,
+            image,
+        )?;
         read_f32(&out[0], &self.encoder_file, features)
     }
 
@@ -215,7 +236,12 @@ impl Engine for TractEngine {
                 actual: features.len(),
             });
         }
-        let out = run(&mut self.head, &self.head_file, &self.features_shape, features)?;
+        let out = run(
+            &mut self.head,
+            &self.head_file,
+            &self.features_shape,
+            features,
+        )?;
         let mut logits = vec![0.0; self.labels];
         read_f32(&out[0], &self.head_file, &mut logits)?;
         let mut alpha = [0.0];

@@ -1,0 +1,22 @@
+//! echoview: ECG-gated echocardiography view classification for an ultrasound cart.
+//!
+//! The data path runs one stage per module:
+//! sources ([`sim`], [`session`]) -> [`ecg`] (QRS, quality) -> [`gate`] (heartbeats) ->
+//! [`preprocess`] -> [`engine`] (tract) -> [`classify`] (feature cache, head, reject) ->
+//! sinks ([`replay`]'s JSON lines, session recording). [`pipeline`] strings the stages
+//! together; [`bundle`] loads and verifies the model they run.
+
+pub mod bundle;
+pub mod classify;
+pub mod cli;
+pub mod ecg;
+pub mod engine;
+pub mod gate;
+pub mod media;
+pub mod pipeline;
+pub mod preprocess;
+pub mod replay;
+pub mod selftest;
+pub mod session;
+pub mod sim;
+pub mod views;
