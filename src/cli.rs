@@ -13,10 +13,12 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bundle::Bundle;
+use crate::clips::{ClipOptions, cut_session};
 use crate::ecg::{SampleFormat, detect_all, read_samples};
 use crate::engine::{self, EngineKind};
 use crate::media::PixelFormat;
 use crate::pipeline::Pipeline;
+use crate::preprocess::PreprocessConfig;
 use crate::replay::{JsonLinesSink, replay_session, summary};
 use crate::selftest;
 use crate::session::SessionWriter;
@@ -40,6 +42,8 @@ pub enum Command {
     Sim(SimArgs),
     /// Label every heartbeat of recorded sessions; one JSON object per beat on stdout.
     Replay(ReplayArgs),
+    /// Cut the gated, preprocessed frames of every heartbeat into training clips (NumPy).
+    Clips(ClipsArgs),
     /// ECG tools.
     #[command(subcommand)]
     Ecg(EcgCommand),
@@ -266,6 +270,27 @@ pub struct ReplayArgs {
     pub model: ModelArgs,
 }
 
+/// `echoview clips`
+#[derive(Debug, Args)]
+pub struct ClipsArgs {
+    /// Session files (MCAP) to cut.
+    #[arg(required = true, value_name = "SESSION")]
+    pub sessions: Vec<PathBuf>,
+    /// Output folder: NAME.npy and NAME.json per session NAME.mcap.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Model input size in pixels (square), as the model to train will have it.
+    #[arg(long, default_value_t = 128)]
+    pub size: u32,
+    /// Frames per heartbeat (T), as the model to train will have it.
+    #[arg(long, default_value_t = 8)]
+    pub frames: usize,
+    /// Label every beat with this view instead of the session's truth (a recording known to
+    /// show one view).
+    #[arg(long, value_name = "VIEW")]
+    pub label: Option<crate::views::View>,
+}
+
 /// `echoview ecg detect`
 #[derive(Debug, Args)]
 pub struct DetectArgs {
@@ -306,6 +331,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bundle = args.model.load_bundle()?;
             replay(&args.sessions, &bundle, args.model.engine)
         }
+        Command::Clips(args) => clips(&args),
         Command::Ecg(EcgCommand::Detect(args)) => {
             let samples = read_samples(&args.file, args.format)?;
             let peaks = detect_all(&samples, args.fs)
@@ -380,7 +406,7 @@ fn replay(sessions: &[PathBuf], bundle: &Bundle, kind: EngineKind) -> anyhow::Re
         let result = replay_session(path, &mut pipeline, &mut sink);
         eprintln!(
             "{}",
-            summary(path, bundle, pipeline.engine_name(), pipeline.stats())
+            summary(path, bundle, pipeline.engine_name(), &pipeline.stats())
         );
         if let Err(err) = result {
             if let crate::replay::ReplayError::Pipeline {
@@ -399,6 +425,49 @@ fn replay(sessions: &[PathBuf], bundle: &Bundle, kind: EngineKind) -> anyhow::Re
         bail!(
             "{failed} of {} sessions could not be replayed to the end",
             sessions.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cuts training clips from every session, reporting and skipping the ones that fail.
+fn clips(args: &ClipsArgs) -> anyhow::Result<ExitCode> {
+    if !(8..=1024).contains(&args.size) || !(1..=64).contains(&args.frames) {
+        bail!("--size must be 8..=1024 and --frames 1..=64");
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating the output folder {}", args.out.display()))?;
+    let options = ClipOptions {
+        preprocess: PreprocessConfig {
+            width: args.size,
+            height: args.size,
+            mean: 0.0,
+            std: 1.0,
+            crop: None,
+        },
+        frames_per_beat: args.frames,
+        label: args.label,
+    };
+    let mut failed = 0;
+    for session in &args.sessions {
+        match cut_session(session, &args.out, &options) {
+            Ok(s) => eprintln!(
+                "{}: {} beats -> {} ({} skipped)",
+                session.display(),
+                s.beats,
+                s.npy.display(),
+                s.skipped
+            ),
+            Err(err) => {
+                eprintln!("echoview: error: {err}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} sessions could not be cut to the end",
+            args.sessions.len()
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -1,14 +1,17 @@
 //! echoview: ECG-gated echocardiography view classification for an ultrasound cart.
 //!
 //! The data path runs one stage per module:
-//! sources ([`sim`], [`session`]) -> [`ecg`] (QRS, quality) -> [`gate`] (heartbeats) ->
+//! sources ([`sim`], [`session`]) -> [`ecg`] (QRS, quality) -> [`gate`] (heartbeats; [`beats`]
+//! holds the two together with the frame history) ->
 //! [`preprocess`] -> [`engine`] (tract) -> [`classify`] (feature cache, head, reject) ->
 //! sinks ([`replay`]'s JSON lines, session recording). [`pipeline`] strings the stages
 //! together; [`bundle`] loads and verifies the model they run.
 
+pub mod beats;
 pub mod bundle;
 pub mod classify;
 pub mod cli;
+pub mod clips;
 pub mod ecg;
 pub mod engine;
 pub mod gate;

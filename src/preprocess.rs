@@ -93,6 +93,20 @@ pub struct PreprocessConfig {
     pub crop: Option<Rect>,
 }
 
+impl PreprocessConfig {
+    /// What `bundle`'s encoder expects, with the image region found automatically.
+    pub fn for_bundle(bundle: &crate::bundle::Bundle) -> PreprocessConfig {
+        let input = &bundle.manifest.input;
+        PreprocessConfig {
+            width: input.width,
+            height: input.height,
+            mean: input.mean[0],
+            std: input.std[0],
+            crop: None,
+        }
+    }
+}
+
 /// Where a beat's pixels came from: the region and mask applied to every frame of the beat.
 /// Two beats with equal `BeatRegion`s preprocess a shared frame identically, which is what the
 /// feature cache relies on.

@@ -146,7 +146,7 @@ pub fn replay_session(
         pipeline.push(input, sink).map_err(pipeline_err)?;
     }
     pipeline.finish(sink).map_err(pipeline_err)?;
-    Ok(pipeline.stats().clone())
+    Ok(pipeline.stats())
 }
 
 /// A human summary of one session's run, for stderr.
@@ -154,15 +154,16 @@ pub fn summary(path: &Path, bundle: &Bundle, engine: &str, stats: &PipelineStats
     let mut s = format!(
         "{}: {} frames, {} ECG samples, {} R-peaks; {} beats labelled ({} unknown), {} skipped",
         path.display(),
-        stats.frames,
-        stats.ecg_samples,
-        stats.r_peaks,
+        stats.cut.frames,
+        stats.cut.ecg_samples,
+        stats.cut.r_peaks,
         stats.beats_classified,
         stats.beats_unknown,
-        stats.beats_skipped(),
+        stats.cut.beats_skipped(),
     );
-    if !stats.skipped.is_empty() {
+    if !stats.cut.skipped.is_empty() {
         let reasons: Vec<String> = stats
+            .cut
             .skipped
             .iter()
             .map(|(reason, n)| format!("{reason}: {n}"))
@@ -177,8 +178,8 @@ pub fn summary(path: &Path, bundle: &Bundle, engine: &str, stats: &PipelineStats
             100.0 * stats.beats_correct as f64 / stats.beats_with_truth as f64
         );
     }
-    if stats.ecg_restarts > 0 {
-        s += &format!("; ECG stream restarted {} times", stats.ecg_restarts);
+    if stats.cut.ecg_restarts > 0 {
+        s += &format!("; ECG stream restarted {} times", stats.cut.ecg_restarts);
     }
     s + &format!(
         "; {} frames encoded; model {}, engine {engine}",
