@@ -338,27 +338,31 @@ mod tests {
         }
     }
 
-    /// A 500 Hz ECG of narrow unit spikes every `rr_ms`, delivered in 40 ms blocks, with
-    /// frames at 25 fps and a truth label that switches from PLAX to A4C at `switch_ms`.
+    /// A 500 Hz synthetic ECG with an R-peak every `rr_ms` (the first at `rr_ms / 2`),
+    /// delivered in 40 ms blocks, with frames at 25 fps and a truth label that switches from
+    /// PLAX to A4C at `switch_ms`.
     fn feed(cutter: &mut BeatCutter, rr_ms: u64, until_ms: u64, switch_ms: u64) -> Vec<CutEvent> {
+        use crate::ecg::synth;
+        let r_times: Vec<f64> = (0..)
+            .map(|k| (rr_ms / 2 + k * rr_ms) as f64 / 1e3)
+            .take_while(|&t| t < until_ms as f64 / 1e3)
+            .collect();
+        let beats = vec![synth::Beat::default(); r_times.len()];
+        let mut rng = synth::Rng::new(3);
+        let ecg = synth::ecg(
+            500.0,
+            until_ms as f64 / 1e3,
+            &r_times,
+            &beats,
+            0.01,
+            &mut rng,
+        );
         let mut events = Vec::new();
         let mut next_frame_ms = 0;
         let mut seq = 0;
         for block in 0..until_ms / 40 {
             let first = block * 20;
-            let samples: Vec<f32> = (first..first + 20)
-                .map(|i| {
-                    let t_ms = i * 2;
-                    let phase = (t_ms + rr_ms / 2) % rr_ms;
-                    if phase < 2 {
-                        1.5
-                    } else if phase < 6 {
-                        0.3
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
+            let samples = ecg[first as usize..first as usize + 20].to_vec();
             cutter
                 .push(Input::Ecg(EcgBlock {
                     first_index: first,

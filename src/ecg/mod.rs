@@ -75,7 +75,7 @@ pub mod quality;
 pub mod record;
 pub mod score;
 #[cfg(test)]
-mod synth;
+pub(crate) mod synth;
 
 pub use error::EcgError;
 pub use qrs::{MAX_DELAY_S, QrsDetector, RPeak};
