@@ -182,7 +182,6 @@ pub fn cut_session(
         handle_events(&mut cutter)
     };
     let outcome = read_all();
-    drop(read_all);
     npy.finish().map_err(write_err(&npy_path))?;
 
     let index = ClipIndex {

@@ -171,8 +171,7 @@ pub fn run(bundle: &Bundle, engine: &mut dyn Engine) -> Result<SelfTestReport, S
         ("head logits", report.logits_diff),
         ("head alpha", report.alpha_diff),
     ] {
-        // `!(a <= b)` also rejects NaN.
-        if !(diff <= reference.tolerance) {
+        if diff.is_nan() || diff > reference.tolerance {
             return Err(SelfTestError::Disagrees {
                 what,
                 diff,

@@ -23,6 +23,17 @@ fn echoview() -> Command {
     Command::new(env!("CARGO_BIN_EXE_echoview"))
 }
 
+/// `echoview replay SESSION --model <demo bundle>`, not yet run.
+fn replay_command(session: &Path) -> Command {
+    let mut command = echoview();
+    command
+        .arg("replay")
+        .arg(session)
+        .arg("--model")
+        .arg(demo_bundle_dir());
+    command
+}
+
 /// Writes the session `config` describes, as `echoview sim` does.
 fn write_session(config: SimConfig, path: &Path) {
     let mut writer = SessionWriter::create(path).unwrap();
@@ -189,13 +200,7 @@ fn sim_then_replay_via_the_binary_and_a_closed_pipe_is_not_an_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = echoview()
-        .arg("replay")
-        .arg(&session)
-        .arg("--model")
-        .arg(demo_bundle_dir())
-        .output()
-        .unwrap();
+    let out = replay_command(&session).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -204,11 +209,7 @@ fn sim_then_replay_via_the_binary_and_a_closed_pipe_is_not_an_error() {
     assert!(String::from_utf8_lossy(&out.stdout).lines().count() >= 2);
 
     // `echoview replay ... | head -1`: the reader goes away; replay ends quietly with 0.
-    let mut child = echoview()
-        .arg("replay")
-        .arg(&session)
-        .arg("--model")
-        .arg(demo_bundle_dir())
+    let mut child = replay_command(&session)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -234,13 +235,7 @@ fn truncated_session_reports_its_beats_then_fails_clearly() {
     let cut = dir.path().join("cut.mcap");
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
 
-    let out = echoview()
-        .arg("replay")
-        .arg(&cut)
-        .arg("--model")
-        .arg(demo_bundle_dir())
-        .output()
-        .unwrap();
+    let out = replay_command(&cut).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -256,13 +251,7 @@ fn truncated_session_reports_its_beats_then_fails_clearly() {
 
     let junk = dir.path().join("junk.mcap");
     std::fs::write(&junk, b"this is not a session").unwrap();
-    let out = echoview()
-        .arg("replay")
-        .arg(&junk)
-        .arg("--model")
-        .arg(demo_bundle_dir())
-        .output()
-        .unwrap();
+    let out = replay_command(&junk).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
