@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -21,6 +23,9 @@ use crate::pipeline::Pipeline;
 use crate::preprocess::PreprocessConfig;
 use crate::replay::{JsonLinesSink, replay_session, summary};
 use crate::selftest;
+use crate::serial::Emulator;
+use crate::serial::command::{EcgSerialArgs, ListenArgs, listen};
+use crate::serial::reader::monotonic_now;
 use crate::session::SessionWriter;
 use crate::sim::{LeadOffMode, LeadOffStretch, ScanScript, SimConfig, SimEvent, Simulator};
 
@@ -57,6 +62,8 @@ pub enum Command {
 pub enum EcgCommand {
     /// Detect R-peaks in an ECG file; prints one R-peak sample index per line.
     Detect(DetectArgs),
+    /// Read a serial ECG board live and print one JSON line per beat (the field ECG check).
+    Listen(ListenArgs),
 }
 
 /// `echoview model ...`
@@ -155,9 +162,12 @@ impl ScanArgs {
 /// `echoview sim`
 #[derive(Debug, Args)]
 pub struct SimArgs {
-    /// The session file to write (MCAP).
-    #[arg(long, value_name = "FILE.mcap")]
-    pub out: PathBuf,
+    /// The session file to write (MCAP); may be left out with --ecg-serial.
+    #[arg(long, value_name = "FILE.mcap", required_unless_present = "ecg_serial")]
+    pub out: Option<PathBuf>,
+    /// The simulated ECG on a serial line, as a cart's ECG board sends it.
+    #[command(flatten)]
+    pub ecg: EcgSerialArgs,
     /// The scan.
     #[command(flatten)]
     pub scan: ScanArgs,
@@ -324,7 +334,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo(&args),
         Command::Sim(args) => {
             let config = args.config()?;
-            simulate(&config, &args.out)?;
+            let mut emulator = args.ecg.open(config.ecg_fs_hz, &mut std::io::stderr())?;
+            simulate(&config, args.out.as_deref(), emulator.as_mut())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay(args) => {
@@ -343,6 +354,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ecg(EcgCommand::Listen(args)) => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                // A second Ctrl-C ends at once, should the first not be honoured.
+                signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))
+                    .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&stop)))
+                    .context("installing the Ctrl-C handler")?;
+            }
+            let mut out = std::io::stdout().lock();
+            listen(
+                &args,
+                monotonic_now(),
+                &mut out,
+                &mut std::io::stderr(),
+                &stop,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Model(ModelCommand::Check(args)) => {
             let bundle = Bundle::load(&args.dir)
                 .with_context(|| format!("loading model bundle {}", args.dir.display()))?;
@@ -354,18 +383,35 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Writes the session `config` describes to `out`; returns what it wrote.
-fn simulate(config: &SimConfig, out: &Path) -> anyhow::Result<()> {
+/// Writes the session `config` describes to `out` and streams its ECG through `emulator`,
+/// in real time (each where given).
+fn simulate(
+    config: &SimConfig,
+    out: Option<&Path>,
+    mut emulator: Option<&mut Emulator>,
+) -> anyhow::Result<()> {
     let simulator = Simulator::new(config.clone())?;
-    let mut writer = SessionWriter::create(out)?;
-    let metadata = BTreeMap::from([
-        ("source".to_string(), "echoview sim".to_string()),
-        ("sim.seed".to_string(), config.seed.to_string()),
-        ("sim.config".to_string(), format!("{config:?}")),
-    ]);
-    writer.write_metadata(&metadata)?;
+    let mut writer = match out {
+        Some(out) => {
+            let mut writer = SessionWriter::create(out)?;
+            let metadata = BTreeMap::from([
+                ("source".to_string(), "echoview sim".to_string()),
+                ("sim.seed".to_string(), config.seed.to_string()),
+                ("sim.config".to_string(), format!("{config:?}")),
+            ]);
+            writer.write_metadata(&metadata)?;
+            Some(writer)
+        }
+        None => None,
+    };
     let (mut frames, mut beats, mut last_ns) = (0u64, 0u64, 0u64);
     for event in simulator {
+        if let (Some(emulator), SimEvent::Ecg(block)) = (emulator.as_deref_mut(), &event) {
+            emulator.send(block)?;
+        }
+        let Some(writer) = writer.as_mut() else {
+            continue;
+        };
         match event {
             SimEvent::Frame { frame, truth } => {
                 frames += 1;
@@ -380,16 +426,27 @@ fn simulate(config: &SimConfig, out: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    writer.finish()?;
-    eprintln!(
-        "wrote {}: {:.1} s, {frames} frames of {}x{} {} at {} fps, {beats} heartbeats",
-        out.display(),
-        last_ns as f64 / 1e9,
-        config.width,
-        config.height,
-        config.format.name(),
-        config.fps,
-    );
+    if let Some(emulator) = emulator {
+        let s = emulator.stats();
+        eprintln!(
+            "sent {} ECG samples to {} ({} blocks dropped by the device)",
+            s.samples,
+            emulator.device().display(),
+            s.dropped_blocks
+        );
+    }
+    if let (Some(writer), Some(out)) = (writer, out) {
+        writer.finish()?;
+        eprintln!(
+            "wrote {}: {:.1} s, {frames} frames of {}x{} {} at {} fps, {beats} heartbeats",
+            out.display(),
+            last_ns as f64 / 1e9,
+            config.width,
+            config.height,
+            config.format.name(),
+            config.fps,
+        );
+    }
     Ok(())
 }
 
@@ -486,7 +543,7 @@ fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let out = args.out.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("echoview-demo-{}.mcap", std::process::id()))
     });
-    simulate(&config, &out)?;
+    simulate(&config, Some(&out), None)?;
     let code = replay(std::slice::from_ref(&out), &bundle, args.model.engine)?;
     if args.out.is_none() {
         // The temporary session has served its purpose; a failure to delete it is harmless.

@@ -1,7 +1,7 @@
 //! echoview: ECG-gated echocardiography view classification for an ultrasound cart.
 //!
 //! The data path runs one stage per module:
-//! sources ([`sim`], [`session`]) -> [`ecg`] (QRS, quality) -> [`gate`] (heartbeats; [`beats`]
+//! sources ([`sim`], [`session`], [`serial`]) -> [`ecg`] (QRS, quality) -> [`gate`] (heartbeats; [`beats`]
 //! holds the two together with the frame history) ->
 //! [`preprocess`] -> [`engine`] (tract) -> [`classify`] (feature cache, head, reject) ->
 //! sinks ([`replay`]'s JSON lines, session recording). [`pipeline`] strings the stages
@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod replay;
 pub mod selftest;
+pub mod serial;
 pub mod session;
 pub mod sim;
 pub mod views;
