@@ -21,8 +21,12 @@ from onnx import TensorProto, helper, numpy_helper
 #: Suffix of the float16 initializers; the Cast output keeps the original name.
 FP16_SUFFIX = "__fp16"
 
+#: Smallest initializer (in values) worth storing as float16: below it the Cast node costs
+#: more bytes than it saves. ``make_parity_fixture.py`` rounds the same tensors.
+MIN_ELEMENTS = 1024
 
-def store_weights_as_fp16(model: onnx.ModelProto, min_elements: int = 1024) -> int:
+
+def store_weights_as_fp16(model: onnx.ModelProto, min_elements: int = MIN_ELEMENTS) -> int:
     """Rewrite ``model`` in place; returns how many initializers were converted.
 
     Only float32 initializers with at least ``min_elements`` values are converted: small

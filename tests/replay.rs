@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use echoview::bundle::Bundle;
+use echoview::classify::Label;
 use echoview::engine::{self, EngineKind};
 use echoview::gate::SkippedBeat;
 use echoview::pipeline::{BeatReport, BeatSink, Pipeline};
@@ -334,4 +335,77 @@ fn demo_bundle_passes_its_self_test_on_tract() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("self-test passed"), "{stdout}");
+}
+
+/// Replays `path` with the demo bundle through the library and returns the reports.
+fn replay_with_demo(path: &Path) -> Vec<BeatReport> {
+    let bundle = Bundle::load(&demo_bundle_dir()).unwrap();
+    let engine = engine::open(&bundle, EngineKind::Tract).unwrap();
+    let mut pipeline = Pipeline::new(&bundle, engine);
+    let mut sink = Collect::default();
+    replay_session(path, &mut pipeline, &mut sink).unwrap();
+    sink.beats
+}
+
+#[test]
+fn trained_demo_bundle_labels_a_fresh_scan_of_every_view() {
+    // Seeds 1000-1039 trained and validated the demo model; this scan is new to it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.mcap");
+    let config = SimConfig {
+        seed: 4242,
+        scan: ScanScript::from_views(&View::ALL, 4),
+        ..SimConfig::default()
+    };
+    write_session(config, &path);
+    let beats = replay_with_demo(&path);
+    assert!(beats.len() >= 40, "{} beats", beats.len());
+    let correct = beats
+        .iter()
+        .filter(|b| b.truth.map(Label::View) == Some(b.classification.label))
+        .count();
+    let accuracy = correct as f64 / beats.len() as f64;
+    assert!(accuracy >= 0.97, "{correct}/{} correct", beats.len());
+}
+
+#[test]
+fn trained_demo_bundle_calls_noise_unknown() {
+    // The simulated ECG (so beats are gated as usual) with video of pure speckle-free noise.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("noise.mcap");
+    let config = SimConfig {
+        seed: 77,
+        scan: ScanScript::from_views(&[View::A4c], 12),
+        ..SimConfig::default()
+    };
+    let mut writer = SessionWriter::create(&path).unwrap();
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    for event in Simulator::new(config).unwrap() {
+        match event {
+            SimEvent::Frame { mut frame, .. } => {
+                for byte in &mut frame.data {
+                    // xorshift64: deterministic noise without a dependency.
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    *byte = (state >> 56) as u8;
+                }
+                writer.write_frame(&frame).unwrap();
+            }
+            SimEvent::Ecg(block) => writer.write_ecg(&block).unwrap(),
+            SimEvent::RPeak { .. } => {}
+        }
+    }
+    writer.finish().unwrap();
+    let beats = replay_with_demo(&path);
+    assert!(beats.len() >= 10, "{} beats", beats.len());
+    let unknown = beats
+        .iter()
+        .filter(|b| b.classification.label == Label::Unknown)
+        .count();
+    assert!(
+        unknown * 10 >= beats.len() * 9,
+        "{unknown}/{} unknown",
+        beats.len()
+    );
 }
