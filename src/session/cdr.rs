@@ -1,7 +1,11 @@
-//! The `/video` payload: ROS 2 `sensor_msgs/msg/Image` in little-endian CDR.
+//! The video payloads: ROS 2 `sensor_msgs/msg/Image` (`/video`, uncompressed frames) and
+//! `sensor_msgs/msg/CompressedImage` (`/video/compressed`, Motion-JPEG frames) in
+//! little-endian CDR.
 //!
-//! This message type is used, rather than a format of our own, because Foxglove's Image panel
-//! (and every ROS 2 tool) decodes it without any plugin. The codec is written out here instead
+//! These message types are used, rather than a format of our own, because Foxglove's Image
+//! panel (and every ROS 2 tool) decodes them without any plugin. JPEG frames are kept as the
+//! grabber sent them (completed with their Huffman tables), not decoded: a tenth of the bytes,
+//! and no second lossy step. The codec is written out here instead
 //! of pulling in a DDS stack: the message has nine fields and the CDR rules it needs fit in a
 //! page. CDR aligns each primitive to its own size, counted from the first byte after the
 //! 4-byte encapsulation header.
@@ -46,19 +50,59 @@ const ENCAPSULATION_CDR_LE: [u8; 4] = [0x00, 0x01, 0x00, 0x00];
 /// and one constant name keeps Foxglove's transform tree to a single entry.
 pub const FRAME_ID: &str = "ultrasound";
 
-/// The ROS image encoding name of a pixel format, as Foxglove's Image panel expects it.
-pub fn encoding_name(format: PixelFormat) -> &'static str {
+/// The schema name of `/video/compressed` payloads.
+pub const COMPRESSED_SCHEMA_NAME: &str = "sensor_msgs/msg/CompressedImage";
+
+/// The `CompressedImage` definition with its dependencies concatenated, as `ros2 bag` writes it.
+pub const COMPRESSED_SCHEMA_TEXT: &str = "\
+std_msgs/Header header
+string format
+uint8[] data
+
+================================================================================
+MSG: std_msgs/Header
+builtin_interfaces/Time stamp
+string frame_id
+
+================================================================================
+MSG: builtin_interfaces/Time
+int32 sec
+uint32 nanosec
+";
+
+/// The `format` of our `CompressedImage` messages: a complete baseline JPEG image, the name
+/// Foxglove's Image panel and `image_transport` recognise.
+pub const JPEG_FORMAT: &str = "jpeg";
+
+/// The ROS image encoding name of an uncompressed pixel format, as Foxglove's Image panel
+/// expects it; `None` for `MJPG`, whose frames travel as `CompressedImage` instead.
+pub fn encoding_name(format: PixelFormat) -> Option<&'static str> {
     match format {
-        PixelFormat::Grey8 => "mono8",
-        PixelFormat::Yuyv => "yuv422_yuy2",
+        PixelFormat::Grey8 => Some("mono8"),
+        PixelFormat::Yuyv => Some("yuv422_yuy2"),
+        PixelFormat::Uyvy => Some("uyvy"),
+        PixelFormat::Nv12 => Some("nv12"),
+        PixelFormat::Rgb24 => Some("rgb8"),
+        PixelFormat::Mjpeg => None,
     }
 }
 
-/// The pixel format for a ROS image encoding name written by [`encoding_name`].
+/// The encoding names echoview reads, as one line for error messages.
+pub const ENCODINGS_READ: &str = "mono8, yuv422_yuy2 (or yuyv), uyvy (or yuv422), nv12, rgb8";
+
+/// The pixel format of a ROS image encoding name: those [`encoding_name`] writes, and the
+/// aliases ROS 2 and Foxglove use for the same layouts (`yuyv`, and `yuv422` for UYVY).
 pub fn format_from_encoding(name: &str) -> Option<PixelFormat> {
-    [PixelFormat::Grey8, PixelFormat::Yuyv]
-        .into_iter()
-        .find(|f| encoding_name(*f) == name)
+    let alias = match name {
+        "yuyv" => Some(PixelFormat::Yuyv),
+        "yuv422" => Some(PixelFormat::Uyvy),
+        _ => None,
+    };
+    alias.or_else(|| {
+        PixelFormat::ALL
+            .into_iter()
+            .find(|f| encoding_name(*f) == Some(name))
+    })
 }
 
 /// The fields of one `sensor_msgs/msg/Image`, borrowing strings and pixels from the payload
@@ -81,7 +125,8 @@ pub struct ImageMsg<'a> {
     pub is_bigendian: u8,
     /// Bytes per row including padding (the frame's stride).
     pub step: u32,
-    /// The pixel bytes, `step * height` of them in a well-formed message.
+    /// The pixel bytes: [`PixelFormat::image_len`] of them in a well-formed message (`step *
+    /// height`, and for `nv12` the chroma rows after the luma rows).
     pub data: &'a [u8],
 }
 
@@ -111,22 +156,7 @@ impl<'a> ImageMsg<'a> {
     /// The error says which field ran past the end or is malformed. Bytes after `data` are
     /// ignored, as CDR allows trailing padding.
     pub fn decode(payload: &'a [u8]) -> Result<ImageMsg<'a>, String> {
-        let Some((header, body)) = payload.split_first_chunk::<4>() else {
-            return Err(format!(
-                "CDR payload of {} bytes is shorter than its 4-byte encapsulation header",
-                payload.len()
-            ));
-        };
-        match header[..2] {
-            [0x00, 0x01] => {}
-            [0x00, 0x00] => return Err("big-endian CDR is not supported".to_string()),
-            _ => {
-                return Err(format!(
-                    "encapsulation header {:02x} {:02x} is not plain CDR",
-                    header[0], header[1]
-                ));
-            }
-        }
+        let body = check_header(payload)?;
         let mut r = CdrReader { buf: body, pos: 0 };
         Ok(ImageMsg {
             sec: r.i32("header.stamp.sec")?,
@@ -139,6 +169,71 @@ impl<'a> ImageMsg<'a> {
             step: r.u32("step")?,
             data: r.bytes("data")?,
         })
+    }
+}
+
+/// The fields of one `sensor_msgs/msg/CompressedImage`, borrowing from the payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressedImageMsg<'a> {
+    /// `header.stamp.sec`: whole seconds of the capture time.
+    pub sec: i32,
+    /// `header.stamp.nanosec`: the rest of the capture time, below one second.
+    pub nanosec: u32,
+    /// `header.frame_id`: the coordinate frame name ([`FRAME_ID`] for our frames).
+    pub frame_id: &'a str,
+    /// How `data` is compressed ([`JPEG_FORMAT`] for our frames).
+    pub format: &'a str,
+    /// The compressed image.
+    pub data: &'a [u8],
+}
+
+impl<'a> CompressedImageMsg<'a> {
+    /// Serialises the message into `out` (cleared first), header included.
+    ///
+    /// Fails only if a string or the data is longer than CDR's 32-bit lengths allow.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        out.clear();
+        out.reserve(48 + self.frame_id.len() + self.format.len() + self.data.len());
+        out.extend_from_slice(&ENCAPSULATION_CDR_LE);
+        let mut w = CdrWriter { out };
+        w.i32(self.sec);
+        w.u32(self.nanosec);
+        w.string(self.frame_id)?;
+        w.string(self.format)?;
+        w.bytes(self.data)?;
+        Ok(())
+    }
+
+    /// Parses a payload written by [`CompressedImageMsg::encode`] or any ROS 2 publisher; the
+    /// error names the field that is cut short or malformed.
+    pub fn decode(payload: &'a [u8]) -> Result<CompressedImageMsg<'a>, String> {
+        let body = check_header(payload)?;
+        let mut r = CdrReader { buf: body, pos: 0 };
+        Ok(CompressedImageMsg {
+            sec: r.i32("header.stamp.sec")?,
+            nanosec: r.u32("header.stamp.nanosec")?,
+            frame_id: r.string("header.frame_id")?,
+            format: r.string("format")?,
+            data: r.bytes("data")?,
+        })
+    }
+}
+
+/// The payload after its encapsulation header, if the header says little-endian plain CDR.
+fn check_header(payload: &[u8]) -> Result<&[u8], String> {
+    let Some((header, body)) = payload.split_first_chunk::<4>() else {
+        return Err(format!(
+            "CDR payload of {} bytes is shorter than its 4-byte encapsulation header",
+            payload.len()
+        ));
+    };
+    match header[..2] {
+        [0x00, 0x01] => Ok(body),
+        [0x00, 0x00] => Err("big-endian CDR is not supported".to_string()),
+        _ => Err(format!(
+            "encapsulation header {:02x} {:02x} is not plain CDR",
+            header[0], header[1]
+        )),
     }
 }
 
@@ -334,9 +429,51 @@ mod tests {
 
     #[test]
     fn encoding_names_round_trip() {
-        for f in [PixelFormat::Grey8, PixelFormat::Yuyv] {
-            assert_eq!(format_from_encoding(encoding_name(f)), Some(f));
+        for f in PixelFormat::ALL {
+            match encoding_name(f) {
+                Some(name) => assert_eq!(format_from_encoding(name), Some(f)),
+                None => assert!(f.is_compressed(), "{f:?} has no encoding"),
+            }
         }
-        assert_eq!(format_from_encoding("rgb8"), None);
+        assert_eq!(format_from_encoding("yuyv"), Some(PixelFormat::Yuyv));
+        assert_eq!(format_from_encoding("yuv422"), Some(PixelFormat::Uyvy));
+        assert_eq!(format_from_encoding("bgr8"), None);
+        assert_eq!(format_from_encoding("jpeg"), None);
+    }
+
+    #[test]
+    fn compressed_image_layout_and_round_trip() {
+        let data = [0xFF, 0xD8, 0xFF, 0xD9, 7];
+        let msg = CompressedImageMsg {
+            sec: 3,
+            nanosec: 5,
+            frame_id: "ab",
+            format: JPEG_FORMAT,
+            data: &data,
+        };
+        let mut out = Vec::new();
+        msg.encode(&mut out).unwrap();
+        let expected: Vec<u8> = [
+            &[0x00, 0x01, 0x00, 0x00][..], // encapsulation: CDR little-endian
+            &3i32.to_le_bytes(),           // 0: sec
+            &5u32.to_le_bytes(),           // 4: nanosec
+            &3u32.to_le_bytes(),           // 8: frame_id length with NUL
+            b"ab\0",                       // 12..15
+            &[0],                          // 15: pad to 16
+            &5u32.to_le_bytes(),           // 16: format length with NUL
+            b"jpeg\0",                     // 20..25
+            &[0, 0, 0],                    // 25: pad to 28
+            &5u32.to_le_bytes(),           // 28: data length
+            &data,                         // 32..37
+        ]
+        .concat();
+        assert_eq!(out, expected);
+        assert_eq!(CompressedImageMsg::decode(&out).unwrap(), msg);
+        for cut in 0..out.len() {
+            assert!(
+                CompressedImageMsg::decode(&out[..cut]).is_err(),
+                "cut {cut}"
+            );
+        }
     }
 }

@@ -23,12 +23,12 @@ use mcap::sans_io::{
 use mcap::{MAGIC, McapError};
 
 use super::SessionEvent;
-use super::cdr::{self, ImageMsg};
+use super::cdr::{self, CompressedImageMsg, ImageMsg};
 use super::error::SessionError;
 use super::schema::{
     EcgIn, FORMAT_VERSION, KEY_FORMAT_VERSION, METADATA_NAME, Stream, TruthRPeakIn, TruthViewIn,
 };
-use crate::media::{EcgBlock, Frame};
+use crate::media::{EcgBlock, Frame, PixelFormat};
 use crate::views::{UnknownView, View};
 
 /// Largest record or chunk (compressed or not) the reader accepts. Far above any real chunk
@@ -429,8 +429,12 @@ impl Decoder {
             ));
         }
         match stream {
-            Stream::Video => {
-                let frame = decode_frame(t_ns, sequence, self.last_seq, data)?;
+            Stream::Video | Stream::VideoCompressed => {
+                let frame = if stream == Stream::Video {
+                    decode_frame(t_ns, sequence, self.last_seq, data)?
+                } else {
+                    decode_compressed_frame(t_ns, sequence, self.last_seq, data)?
+                };
                 self.last_seq = Some(frame.seq);
                 Ok(SessionEvent::Frame(frame))
             }
@@ -494,28 +498,25 @@ fn decode_frame(
     data: &[u8],
 ) -> Result<Frame, String> {
     let msg = ImageMsg::decode(data)?;
-    let stamp = u64::try_from(msg.sec)
-        .ok()
-        .filter(|_| msg.nanosec < 1_000_000_000)
-        .map(|sec| sec * 1_000_000_000 + u64::from(msg.nanosec));
-    if stamp != Some(t_ns) {
-        return Err(format!(
-            "header stamp {}.{:09} s differs from the message time",
-            msg.sec, msg.nanosec
-        ));
-    }
+    check_stamp(t_ns, msg.sec, msg.nanosec)?;
     let format = cdr::format_from_encoding(msg.encoding).ok_or_else(|| {
         format!(
-            "image encoding {:?} is not one echoview records (mono8, yuv422_yuy2)",
-            msg.encoding
+            "image encoding {:?} is not one echoview reads ({})",
+            msg.encoding,
+            cdr::ENCODINGS_READ
         )
     })?;
-    let row = u64::from(msg.width) * format.bytes_per_pixel() as u64;
-    let need = u64::from(msg.step) * u64::from(msg.height);
+    let row = format.min_stride(msg.width);
+    // Uncompressed formats always have a length; 0 only makes the check below fail.
+    let need = format.image_len(msg.step, msg.height).unwrap_or(0);
+    let formula = match format {
+        PixelFormat::Nv12 => "step * (height + ceil(height / 2))",
+        _ => "step * height",
+    };
     if u64::from(msg.step) < row || msg.data.len() as u64 != need {
         return Err(format!(
             "{} bytes of pixels with step {} do not make a {}x{} {} image (rows of {} bytes, \
-             step * height = {})",
+             {formula} = {})",
             msg.data.len(),
             msg.step,
             msg.width,
@@ -537,6 +538,51 @@ fn decode_frame(
     };
     frame.validate()?;
     Ok(frame)
+}
+
+/// Rebuilds a Motion-JPEG frame from a `/video/compressed` message; its size is read from the
+/// JPEG's own header.
+fn decode_compressed_frame(
+    t_ns: u64,
+    sequence: u32,
+    last_seq: Option<u64>,
+    data: &[u8],
+) -> Result<Frame, String> {
+    let msg = CompressedImageMsg::decode(data)?;
+    check_stamp(t_ns, msg.sec, msg.nanosec)?;
+    if msg.format != cdr::JPEG_FORMAT {
+        return Err(format!(
+            "compressed format {:?} is not one echoview reads ({})",
+            msg.format,
+            cdr::JPEG_FORMAT
+        ));
+    }
+    let info = crate::jpeg::info(msg.data).map_err(|e| e.to_string())?;
+    let frame = Frame {
+        seq: unwrap_seq(last_seq, sequence)?,
+        t_ns,
+        width: info.width,
+        height: info.height,
+        stride: 0,
+        format: PixelFormat::Mjpeg,
+        data: msg.data.to_vec(),
+    };
+    frame.validate()?;
+    Ok(frame)
+}
+
+/// Checks that a message's header stamp is its log time.
+fn check_stamp(t_ns: u64, sec: i32, nanosec: u32) -> Result<(), String> {
+    let stamp = u64::try_from(sec)
+        .ok()
+        .filter(|_| nanosec < 1_000_000_000)
+        .map(|sec| sec * 1_000_000_000 + u64::from(nanosec));
+    if stamp != Some(t_ns) {
+        return Err(format!(
+            "header stamp {sec}.{nanosec:09} s differs from the message time"
+        ));
+    }
+    Ok(())
 }
 
 /// The frame number whose low 32 bits are `sequence`: the first one after `last`, which the

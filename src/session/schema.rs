@@ -20,6 +20,9 @@ pub enum Stream {
     TruthRPeak,
     /// Labels the pipeline published (JSON, free-form object).
     Labels,
+    /// Captured Motion-JPEG frames (`sensor_msgs/msg/CompressedImage`, CDR), kept compressed
+    /// as the grabber sent them.
+    VideoCompressed,
 }
 
 /// Schema name, schema encoding, schema text and message encoding of one channel.
@@ -38,12 +41,13 @@ pub struct ChannelSpec {
 
 impl Stream {
     /// Every stream, in the order the writer's per-stream tables are indexed.
-    pub const ALL: [Stream; 5] = [
+    pub const ALL: [Stream; 6] = [
         Stream::Video,
         Stream::Ecg,
         Stream::TruthView,
         Stream::TruthRPeak,
         Stream::Labels,
+        Stream::VideoCompressed,
     ];
 
     /// Position in [`Stream::ALL`], for per-stream arrays.
@@ -72,6 +76,13 @@ impl Stream {
                 json_spec("/truth/rpeak", "echoview.TruthRPeak", TRUTH_RPEAK_SCHEMA)
             }
             Stream::Labels => json_spec("/labels", "echoview.Label", LABEL_SCHEMA),
+            Stream::VideoCompressed => ChannelSpec {
+                topic: "/video/compressed",
+                schema_name: cdr::COMPRESSED_SCHEMA_NAME,
+                schema_encoding: cdr::SCHEMA_ENCODING,
+                schema_text: cdr::COMPRESSED_SCHEMA_TEXT,
+                message_encoding: cdr::MESSAGE_ENCODING,
+            },
         }
     }
 }

@@ -14,7 +14,7 @@ use mcap::records::{MessageHeader, Metadata};
 use mcap::{Compression, WriteOptions};
 use serde::Serialize;
 
-use super::cdr::{self, ImageMsg};
+use super::cdr::{self, CompressedImageMsg, ImageMsg};
 use super::error::SessionError;
 use super::schema::{
     EcgOut, FORMAT_VERSION, KEY_FORMAT_VERSION, KEY_WRITER, METADATA_NAME, Stream, Time,
@@ -148,11 +148,13 @@ impl SessionWriter {
             .map_err(|e| self.write_err(e))
     }
 
-    /// Records one video frame at its capture time.
+    /// Records one video frame at its capture time: an uncompressed frame on `/video`, a
+    /// Motion-JPEG frame on `/video/compressed`.
     ///
-    /// The frame must pass [`Frame::validate`], come later than the previous frame and carry a
-    /// larger frame number (gaps are fine: they are drops). Exactly `stride * height` bytes of
-    /// pixel data are stored; bytes past that are not part of the image and are dropped.
+    /// The frame must pass [`Frame::validate`], come later than the previous frame of its
+    /// channel and carry a larger frame number than any frame before (gaps are fine: they are
+    /// drops). Exactly the image's bytes are stored ([`Frame::image_bytes`]); bytes past them
+    /// are not part of the image and are dropped.
     pub fn write_frame(&mut self, frame: &Frame) -> Result<(), SessionError> {
         let what = || format!("frame {}", frame.seq);
         frame.validate().map_err(|e| self.invalid(what(), e))?;
@@ -169,25 +171,39 @@ impl SessionWriter {
         let sequence = self
             .check_seq(frame.seq)
             .map_err(|e| self.invalid(what(), e))?;
-        self.check_time(Stream::Video, frame.t_ns)
-            .map_err(|e| self.invalid(what(), e))?;
-        // validate() guarantees data holds stride * height bytes, so this cannot overflow.
-        let image_len = frame.stride as usize * frame.height as usize;
-        let msg = ImageMsg {
-            sec,
-            nanosec: (frame.t_ns % 1_000_000_000) as u32,
-            frame_id: cdr::FRAME_ID,
-            height: frame.height,
-            width: frame.width,
-            encoding: cdr::encoding_name(frame.format),
-            is_bigendian: 0,
-            step: frame.stride,
-            data: &frame.data[..image_len],
+        let stream = if frame.format.is_compressed() {
+            Stream::VideoCompressed
+        } else {
+            Stream::Video
         };
+        self.check_time(stream, frame.t_ns)
+            .map_err(|e| self.invalid(what(), e))?;
+        let nanosec = (frame.t_ns % 1_000_000_000) as u32;
         let mut buf = std::mem::take(&mut self.buf);
-        let encoded = msg.encode(&mut buf);
+        let encoded = match cdr::encoding_name(frame.format) {
+            Some(encoding) => ImageMsg {
+                sec,
+                nanosec,
+                frame_id: cdr::FRAME_ID,
+                height: frame.height,
+                width: frame.width,
+                encoding,
+                is_bigendian: 0,
+                step: frame.stride,
+                data: frame.image_bytes(),
+            }
+            .encode(&mut buf),
+            None => CompressedImageMsg {
+                sec,
+                nanosec,
+                frame_id: cdr::FRAME_ID,
+                format: cdr::JPEG_FORMAT,
+                data: frame.image_bytes(),
+            }
+            .encode(&mut buf),
+        };
         let result = match encoded {
-            Ok(()) => self.put(Stream::Video, frame.t_ns, sequence, &buf),
+            Ok(()) => self.put(stream, frame.t_ns, sequence, &buf),
             Err(e) => Err(self.invalid(what(), e)),
         };
         self.buf = buf;

@@ -135,6 +135,13 @@ impl SimConfig {
         if !(240..=720).contains(&self.height) {
             return Err(bad("height", self.height, "240..=720 pixels"));
         }
+        if !matches!(self.format, PixelFormat::Grey8 | PixelFormat::Yuyv) {
+            return Err(bad(
+                "format",
+                self.format.name(),
+                "GREY or YUYV (the formats the simulator renders)",
+            ));
+        }
         if self.format == PixelFormat::Yuyv && !self.width.is_multiple_of(2) {
             return Err(bad("width", self.width, "an even number for YUYV"));
         }

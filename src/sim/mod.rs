@@ -464,8 +464,7 @@ impl Simulator {
     fn render_frame(&mut self, seq: u64, t_ns: u64) -> (Frame, View) {
         let (grey, view) = self.render_grey(t_ns);
         let (w, h) = (self.layout.w, self.layout.h);
-        let data = match self.cfg.format {
-            PixelFormat::Grey8 => grey,
+        let (format, data) = match self.cfg.format {
             PixelFormat::Yuyv => {
                 let mut data = vec![128u8; 2 * w * h];
                 for (d, &g) in data.chunks_exact_mut(2).zip(&grey) {
@@ -476,16 +475,18 @@ impl Simulator {
                     data[4 * pair + 1] = TRACE_UV.0;
                     data[4 * pair + 3] = TRACE_UV.1;
                 }
-                data
+                (PixelFormat::Yuyv, data)
             }
+            // SimConfig::validate admits only GREY besides YUYV.
+            _ => (PixelFormat::Grey8, grey),
         };
         let frame = Frame {
             seq,
             t_ns,
             width: w as u32,
             height: h as u32,
-            stride: (w * self.cfg.format.bytes_per_pixel()) as u32,
-            format: self.cfg.format,
+            stride: (w * format.bytes_per_pixel()) as u32,
+            format,
             data,
         };
         (frame, view)
