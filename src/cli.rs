@@ -47,6 +47,10 @@ pub enum Command {
     Sim(SimArgs),
     /// Label every heartbeat of recorded sessions; one JSON object per beat on stdout.
     Replay(ReplayArgs),
+    /// Run the live daemon: classify every heartbeat and publish labels on a Unix socket.
+    Run(crate::daemon::cli::RunArgs),
+    /// Show the daemon's live labels and status in the terminal.
+    Watch(crate::daemon::cli::WatchArgs),
     /// Cut the gated, preprocessed frames of every heartbeat into training clips (NumPy).
     Clips(ClipsArgs),
     /// ECG tools.
@@ -343,6 +347,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             replay(&args.sessions, &bundle, args.model.engine)
         }
         Command::Clips(args) => clips(&args),
+        Command::Run(args) => crate::daemon::cli::run(&args),
+        Command::Watch(args) => crate::daemon::cli::watch(&args),
         Command::Ecg(EcgCommand::Detect(args)) => {
             let samples = read_samples(&args.file, args.format)?;
             let peaks = detect_all(&samples, args.fs)

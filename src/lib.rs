@@ -1,7 +1,7 @@
 //! echoview: ECG-gated echocardiography view classification for an ultrasound cart.
 //!
 //! The data path runs one stage per module:
-//! sources ([`sim`], [`session`], [`serial`]) -> [`ecg`] (QRS, quality) -> [`gate`] (heartbeats; [`beats`]
+//! sources ([`sim`], [`session`], [`serial`], [`capture`]) -> [`ecg`] (QRS, quality) -> [`gate`] (heartbeats; [`beats`]
 //! holds the two together with the frame history) ->
 //! [`preprocess`] -> [`engine`] (tract) -> [`classify`] (feature cache, head, reject) ->
 //! sinks ([`replay`]'s JSON lines, session recording). [`pipeline`] strings the stages
@@ -9,12 +9,15 @@
 
 pub mod beats;
 pub mod bundle;
+pub mod capture;
 pub mod classify;
 pub mod cli;
 pub mod clips;
+pub mod daemon;
 pub mod ecg;
 pub mod engine;
 pub mod gate;
+pub mod jpeg;
 pub mod media;
 pub mod pipeline;
 pub mod preprocess;
@@ -24,3 +27,4 @@ pub mod serial;
 pub mod session;
 pub mod sim;
 pub mod views;
+pub mod watch;

@@ -1,0 +1,513 @@
+//! The daemon's settings: a TOML file (`/etc/echoview/echoview.toml` by default), then the
+//! command-line flags on top.
+//!
+//! Every section and key is optional and has a built-in default; `systemd/echoview.toml`
+//! documents them all. Unknown keys are refused with the file, line and key named, because a
+//! misspelt key that silently keeps its default is how a cart ends up misconfigured.
+
+use std::path::{Path, PathBuf};
+
+use clap::ValueEnum;
+use serde::Deserialize;
+
+use crate::engine::EngineKind;
+use crate::sim::{ScanScript, SimConfig};
+
+use super::stability::StabilityConfig;
+
+/// Where the config file is looked for when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/echoview/echoview.toml";
+
+/// Why the settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a value of the wrong type.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's account: line, column, key and what was expected.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        /// The config file, or `command line`.
+        origin: String,
+        /// The key, as `section.key`.
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// Everything the daemon can be told.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where video and ECG come from.
+    pub source: SourceConfig,
+    /// The simulator, for `source.kind = "sim"`.
+    pub sim: SimSection,
+    /// The model bundle and engine.
+    pub model: ModelSection,
+    /// The label socket.
+    pub socket: SocketConfig,
+    /// The stable label's hysteresis.
+    pub stability: StabilityConfig,
+    /// Beat cutting when the ECG is unusable.
+    pub gating: GatingSection,
+    /// Session recording.
+    pub record: RecordConfig,
+    /// Queues and the watchdog.
+    pub pipeline: PipelineSection,
+}
+
+/// The kinds of source the daemon can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A session file played at its real pace (video and ECG).
+    Play,
+    /// The simulated cart in real time (video and ECG).
+    Sim,
+}
+
+/// `[source]`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// Which source; none configured is an error at start, so a cart never runs on a source
+    /// nobody chose.
+    pub kind: Option<SourceKind>,
+    /// The session file, for `play`.
+    pub play: Option<PathBuf>,
+    /// Play the file again from the start when it ends (`play`).
+    #[serde(rename = "loop")]
+    pub looped: bool,
+}
+
+/// `[sim]`: the simulated scan.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimSection {
+    /// Seed of the first scan; each repetition adds one.
+    pub seed: u64,
+    /// Views to scan, `all` or a list such as `PLAX,A4C`.
+    pub views: String,
+    /// Heartbeats on each view.
+    pub beats_per_view: u32,
+    /// Mean heart rate.
+    pub bpm: f64,
+    /// Frame width in pixels.
+    pub width: u32,
+    /// Frame height in pixels.
+    pub height: u32,
+    /// Frame rate.
+    pub fps: f64,
+}
+
+impl Default for SimSection {
+    fn default() -> SimSection {
+        SimSection {
+            seed: 1,
+            views: "all".into(),
+            beats_per_view: 4,
+            bpm: 70.0,
+            width: 320,
+            height: 240,
+            fps: 30.0,
+        }
+    }
+}
+
+impl SimSection {
+    /// The simulator configuration, checked.
+    pub fn sim_config(&self) -> Result<SimConfig, String> {
+        let scan = ScanScript::from_view_list(&self.views, self.beats_per_view)
+            .map_err(|e| e.to_string())?;
+        let config = SimConfig {
+            seed: self.seed,
+            scan,
+            width: self.width,
+            height: self.height,
+            fps: self.fps,
+            base_bpm: self.bpm,
+            min_bpm: (self.bpm * 0.7).max(40.0),
+            max_bpm: (self.bpm * 1.4).min(180.0),
+            ..SimConfig::default()
+        };
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+/// `[model]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// The bundle folder; unset means `$ECHOVIEW_MODEL`, then the installed demo bundle.
+    pub dir: Option<PathBuf>,
+    /// The inference engine (`tract`).
+    pub engine: String,
+}
+
+impl Default for ModelSection {
+    fn default() -> ModelSection {
+        ModelSection {
+            dir: None,
+            engine: EngineKind::Tract.name().into(),
+        }
+    }
+}
+
+impl ModelSection {
+    /// The engine named by `engine`.
+    pub fn engine_kind(&self) -> Result<EngineKind, String> {
+        EngineKind::from_str(&self.engine, true).map_err(|_| {
+            let names: Vec<String> = EngineKind::value_variants()
+                .iter()
+                .map(|k| k.name().to_string())
+                .collect();
+            format!(
+                "{:?} is not an engine; use one of: {}",
+                self.engine,
+                names.join(", ")
+            )
+        })
+    }
+}
+
+/// `[socket]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketConfig {
+    /// The socket file.
+    pub path: PathBuf,
+    /// Its permission bits, in octal.
+    pub mode: String,
+    /// The group that owns it, so viewers in that group may connect; unset keeps the
+    /// daemon's group.
+    pub group: Option<String>,
+    /// Most clients at once; more are refused.
+    pub max_clients: usize,
+    /// Messages queued per client; a client that falls this far behind is disconnected.
+    pub client_queue: usize,
+    /// Bytes a client may send (the daemon reads nothing from clients); more disconnects it.
+    pub max_client_bytes: usize,
+}
+
+impl Default for SocketConfig {
+    fn default() -> SocketConfig {
+        SocketConfig {
+            path: PathBuf::from("/run/echoview/labels.sock"),
+            mode: "0660".into(),
+            group: None,
+            max_clients: 16,
+            client_queue: 32,
+            max_client_bytes: 4096,
+        }
+    }
+}
+
+impl SocketConfig {
+    /// `mode` as permission bits.
+    pub fn mode_bits(&self) -> Result<u32, String> {
+        u32::from_str_radix(self.mode.trim(), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                format!(
+                    "{:?} is not octal permission bits such as \"0660\"",
+                    self.mode
+                )
+            })
+    }
+}
+
+/// `[gating]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatingSection {
+    /// Seconds of video without an ECG-gated beat before time gating takes over.
+    pub ecg_timeout_s: f64,
+    /// Length of a time-gated beat, seconds.
+    pub window_s: f64,
+}
+
+impl Default for GatingSection {
+    fn default() -> GatingSection {
+        GatingSection {
+            ecg_timeout_s: 4.0,
+            window_s: 1.0,
+        }
+    }
+}
+
+/// `[record]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    /// Folder for the session files; unset means no recording.
+    pub dir: Option<PathBuf>,
+    /// Start a new file after this many minutes.
+    pub rotate_minutes: f64,
+    /// Start a new file once the current one reaches this many MB.
+    pub rotate_mb: u64,
+    /// Stop recording while the disk has less than this many MB free.
+    pub min_free_mb: u64,
+    /// Seconds between flushes; a crash loses at most this much (or one chunk).
+    pub flush_s: f64,
+}
+
+impl Default for RecordConfig {
+    fn default() -> RecordConfig {
+        RecordConfig {
+            dir: None,
+            rotate_minutes: 10.0,
+            rotate_mb: 1024,
+            min_free_mb: 1024,
+            flush_s: 1.0,
+        }
+    }
+}
+
+/// `[pipeline]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSection {
+    /// Source items queued for the gating thread.
+    pub input_queue: usize,
+    /// Items queued for the recorder.
+    pub record_queue: usize,
+    /// A thread that has not made progress for this many seconds is wedged: the watchdog
+    /// stops being fed and the status says `stalled`.
+    pub stall_s: f64,
+}
+
+impl Default for PipelineSection {
+    fn default() -> PipelineSection {
+        PipelineSection {
+            input_queue: 64,
+            record_queue: 256,
+            stall_s: 5.0,
+        }
+    }
+}
+
+/// The result of loading: the settings, and a warning for the operator when the default
+/// file was absent.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The settings.
+    pub config: Config,
+    /// The file they came from, if any.
+    pub path: Option<PathBuf>,
+    /// Something to log (the default file is missing: built-in defaults in use).
+    pub warning: Option<String>,
+}
+
+impl Config {
+    /// Loads `explicit`, which must exist, or else [`DEFAULT_CONFIG`], which may be absent
+    /// (built-in defaults, with a warning).
+    pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+        let (path, required) = match explicit {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Loaded {
+                config: Config::parse(&text, &path)?,
+                path: Some(path),
+                warning: None,
+            }),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Loaded {
+                config: Config::default(),
+                path: None,
+                warning: Some(format!(
+                    "no config file at {}; using built-in defaults (see systemd/echoview.toml)",
+                    path.display()
+                )),
+            }),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// Parses and checks the text of the config file at `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Checks every range; `origin` names the file or `command line` in the error.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        if self.source.kind == Some(SourceKind::Play) && self.source.play.is_none() {
+            return Err(bad(
+                "source.play",
+                "source.kind = \"play\" needs the session file in source.play".into(),
+            ));
+        }
+        if self.source.kind == Some(SourceKind::Sim) {
+            self.sim.sim_config().map_err(|m| bad("sim", m))?;
+        }
+        self.model
+            .engine_kind()
+            .map_err(|m| bad("model.engine", m))?;
+        self.socket.mode_bits().map_err(|m| bad("socket.mode", m))?;
+        let positive = |key: &str, v: usize| {
+            if v == 0 {
+                Err(bad(key, "must be at least 1".into()))
+            } else {
+                Ok(())
+            }
+        };
+        positive("socket.max_clients", self.socket.max_clients)?;
+        positive("socket.client_queue", self.socket.client_queue)?;
+        positive("pipeline.input_queue", self.pipeline.input_queue)?;
+        positive("pipeline.record_queue", self.pipeline.record_queue)?;
+        self.stability.validate().map_err(|m| bad("stability", m))?;
+        let seconds = |key: &str, v: f64, min: f64, max: f64| {
+            if v.is_finite() && (min..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(bad(
+                    key,
+                    format!("{v} must be between {min} and {max} seconds"),
+                ))
+            }
+        };
+        seconds("gating.ecg_timeout_s", self.gating.ecg_timeout_s, 1.0, 60.0)?;
+        seconds("gating.window_s", self.gating.window_s, 0.3, 2.0)?;
+        seconds(
+            "record.rotate_minutes",
+            self.record.rotate_minutes * 60.0,
+            60.0,
+            86_400.0,
+        )?;
+        seconds("record.flush_s", self.record.flush_s, 0.1, 60.0)?;
+        seconds("pipeline.stall_s", self.pipeline.stall_s, 0.5, 600.0)?;
+        if self.record.rotate_mb == 0 {
+            return Err(bad("record.rotate_mb", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/echoview/test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.socket.path, Path::new("/run/echoview/labels.sock"));
+        assert_eq!(c.socket.mode_bits().unwrap(), 0o660);
+        assert_eq!(c.stability.agree_beats, 2);
+        assert_eq!(c.model.engine_kind().unwrap(), EngineKind::Tract);
+        assert_eq!(c.source.kind, None);
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let c = parse(
+            r#"
+            [source]
+            kind = "play"
+            play = "/srv/a.mcap"
+            loop = true
+            [socket]
+            path = "/tmp/x.sock"
+            mode = "0600"
+            group = "video"
+            [stability]
+            agree_beats = 3
+            confident = 0.95
+            [record]
+            dir = "/var/lib/echoview"
+            rotate_mb = 64
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.source.kind, Some(SourceKind::Play));
+        assert!(c.source.looped);
+        assert_eq!(c.socket.group.as_deref(), Some("video"));
+        assert_eq!(c.socket.mode_bits().unwrap(), 0o600);
+        assert_eq!(c.stability.agree_beats, 3);
+        assert_eq!(c.stability.unknown_beats, 3, "unset keys keep defaults");
+        assert_eq!(c.record.rotate_mb, 64);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_file_and_key_named() {
+        let err = parse("[socket]\npath = \"/tmp/x\"\ngroop = \"video\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("/etc/echoview/test.toml"), "{text}");
+        assert!(text.contains("groop"), "{text}");
+        assert!(text.contains("line 3"), "{text}");
+        let err = parse("[sockets]\n").unwrap_err().to_string();
+        assert!(err.contains("sockets"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("[socket]\nmode = \"rw\"", "socket.mode"),
+            ("[model]\nengine = \"cuda\"", "model.engine"),
+            ("[gating]\nwindow_s = 5.0", "gating.window_s"),
+            ("[stability]\nagree_beats = 0", "agree_beats"),
+            ("[source]\nkind = \"play\"", "source.play"),
+            ("[source]\nkind = \"sim\"\n[sim]\nviews = \"XYZ\"", "sim"),
+            ("[socket]\nclient_queue = 0", "socket.client_queue"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let err = parse("[source]\nkind = \"camera\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("camera") && err.contains("kind"), "{err}");
+    }
+
+    #[test]
+    fn missing_default_file_is_defaults_but_missing_explicit_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let err = Config::load(Some(&missing)).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("nope.toml"));
+        let file = dir.path().join("echoview.toml");
+        std::fs::write(&file, "[socket]\nmax_clients = 2\n").unwrap();
+        let loaded = Config::load(Some(&file)).unwrap();
+        assert_eq!(loaded.config.socket.max_clients, 2);
+        assert!(loaded.warning.is_none());
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../../systemd/echoview.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.socket.path, Path::new("/run/echoview/labels.sock"));
+    }
+}

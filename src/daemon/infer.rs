@@ -1,0 +1,154 @@
+//! The inference side: what classifies a gated beat, and the one-beat mailbox that feeds it.
+//!
+//! Inference is the slow stage. When it falls behind, an old beat is worth less than a fresh
+//! one (the probe has moved on), so the gating thread posts each beat into a single-slot
+//! [`Mailbox`]: a beat not yet taken is replaced by the newer one and counted as dropped,
+//! and inference always works on the freshest beat.
+
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use crate::bundle::Bundle;
+use crate::classify::{BeatClassification, Classifier, FeatureKey};
+use crate::engine::Engine;
+use crate::gate::Heartbeat;
+use crate::media::Frame;
+use crate::pipeline::PipelineError;
+use crate::preprocess::{PreprocessConfig, PreprocessError, Preprocessor};
+
+use super::shared::lock;
+
+/// Classifies one gated beat. [`ModelStage`] is the real one; tests may supply others.
+pub trait ClassifyBeat: Send {
+    /// The engine's name for `hello` and `status`.
+    fn engine_name(&self) -> &'static str;
+
+    /// Classifies `beat` from its T `frames` in phase order. `Ok(None)` when the frames are
+    /// unusable (malformed, or their size changed mid-beat); the beat is then skipped.
+    fn classify(
+        &mut self,
+        beat: &Heartbeat,
+        frames: &[&Frame],
+    ) -> Result<Option<BeatClassification>, PipelineError>;
+}
+
+/// A model bundle on an engine: preprocessing, the encoder with its feature cache, the head
+/// and the reject rule, exactly as [`crate::pipeline::Pipeline`] applies them.
+pub struct ModelStage {
+    /// Frames to tensors.
+    preprocessor: Preprocessor,
+    /// The beat's tensors, reused.
+    tensors: Vec<f32>,
+    /// Encoder, head and reject rule.
+    classifier: Classifier,
+}
+
+impl ModelStage {
+    /// The stage for `bundle` running on `engine`.
+    pub fn new(bundle: &Bundle, engine: Box<dyn Engine>) -> ModelStage {
+        let t = bundle.frames_per_beat();
+        let preprocessor = Preprocessor::new(PreprocessConfig::for_bundle(bundle));
+        let tensors = vec![0.0; t * preprocessor.tensor_len()];
+        ModelStage {
+            preprocessor,
+            tensors,
+            classifier: Classifier::new(
+                engine,
+                bundle.labels.clone(),
+                t,
+                bundle.feature_dim(),
+                bundle.manifest.classify.reject_threshold,
+            ),
+        }
+    }
+}
+
+impl ClassifyBeat for ModelStage {
+    fn engine_name(&self) -> &'static str {
+        self.classifier.engine_name()
+    }
+
+    fn classify(
+        &mut self,
+        beat: &Heartbeat,
+        frames: &[&Frame],
+    ) -> Result<Option<BeatClassification>, PipelineError> {
+        let region = match self.preprocessor.prepare_beat(frames, &mut self.tensors) {
+            Ok(region) => region,
+            Err(PreprocessError::BadFrame(_) | PreprocessError::Inconsistent { .. }) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let keys: Vec<FeatureKey> = beat
+            .frames
+            .iter()
+            .map(|s| FeatureKey { seq: s.seq, region })
+            .collect();
+        Ok(Some(self.classifier.classify(&keys, &self.tensors)?))
+    }
+}
+
+/// A single-slot mailbox where the newest item replaces one not yet taken.
+#[derive(Debug)]
+pub struct Mailbox<T> {
+    /// The waiting item.
+    slot: Mutex<Option<T>>,
+    /// Signalled when an item is posted.
+    posted: Condvar,
+}
+
+impl<T> Default for Mailbox<T> {
+    fn default() -> Self {
+        Mailbox {
+            slot: Mutex::new(None),
+            posted: Condvar::new(),
+        }
+    }
+}
+
+impl<T> Mailbox<T> {
+    /// Posts `item`; returns `true` when it replaced an item nobody had taken.
+    pub fn post(&self, item: T) -> bool {
+        let replaced = lock(&self.slot).replace(item).is_some();
+        self.posted.notify_one();
+        replaced
+    }
+
+    /// Takes the item, waiting up to `timeout` for one.
+    pub fn take(&self, timeout: Duration) -> Option<T> {
+        let slot = lock(&self.slot);
+        let (mut slot, _) = self
+            .posted
+            .wait_timeout_while(slot, timeout, |s| s.is_none())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_freshest_item_wins_and_replacements_are_reported() {
+        let m = Mailbox::default();
+        assert!(!m.post(1));
+        assert!(m.post(2));
+        assert!(m.post(3));
+        assert_eq!(m.take(Duration::from_millis(1)), Some(3));
+        assert_eq!(m.take(Duration::from_millis(1)), None);
+    }
+
+    #[test]
+    fn take_wakes_when_an_item_is_posted() {
+        let m = std::sync::Arc::new(Mailbox::default());
+        let poster = m.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            poster.post(7)
+        });
+        assert_eq!(m.take(Duration::from_secs(5)), Some(7));
+        assert!(!t.join().unwrap());
+    }
+}

@@ -1,0 +1,537 @@
+//! Where frames and ECG come from: the [`Source`] seam and the sources that exist today.
+//!
+//! Each source runs on a thread of its own (see `daemon::run`), which opens it through an
+//! [`OpenSource`], pulls [`SourceItem`]s and hands them to the gating thread. A device that
+//! fails is reopened by that thread with a backoff; a source never takes the daemon down.
+//!
+//! Today's sources replay a session file at its real pace ([`PlaySpec`]) and run the
+//! simulator in real time ([`SimSpec`]). The serial ECG front end and the V4L2 capture card
+//! plug in by implementing the same two traits: `next` blocks at most about
+//! [`MAX_BLOCK`] so the thread stays responsive (return [`Pulled::Idle`] when nothing came),
+//! and items carry times on the session clock (capture times, monotonic).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::media::{EcgBlock, Frame};
+use crate::session::{SessionEvent, SessionReader};
+use crate::sim::{SimConfig, SimEvent, Simulator};
+use crate::views::View;
+
+/// The longest a [`Source::next`] call should block. A source thread that has not come back
+/// from `next` for much longer than this is taken as wedged by the watchdog.
+pub const MAX_BLOCK: Duration = Duration::from_millis(250);
+
+/// Why a source could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The device or file could not be opened.
+    #[error("cannot open {source_name}: {message}")]
+    Open {
+        /// The source, as [`OpenSource::name`] gives it.
+        source_name: String,
+        /// What failed and how to fix it.
+        message: String,
+    },
+    /// Reading failed after the source was open.
+    #[error("{source_name}: {message}")]
+    Read {
+        /// The source.
+        source_name: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// One thing a source delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceItem {
+    /// A video frame.
+    Frame(Frame),
+    /// A block of ECG samples.
+    Ecg(EcgBlock),
+    /// The true view at a frame time (simulated sources only), carried into reports and
+    /// recordings.
+    Truth {
+        /// The frame time it applies to.
+        t_ns: u64,
+        /// The view shown.
+        view: View,
+    },
+}
+
+impl SourceItem {
+    /// The session time at which the item becomes available: a frame at its capture time,
+    /// an ECG block once its last sample is taken.
+    pub fn available_ns(&self) -> u64 {
+        match self {
+            SourceItem::Frame(f) => f.t_ns,
+            SourceItem::Ecg(b) => b.sample_time_ns(b.samples_mv.len().saturating_sub(1)),
+            SourceItem::Truth { t_ns, .. } => *t_ns,
+        }
+    }
+}
+
+/// What one [`Source::next`] call produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pulled {
+    /// An item.
+    Item(SourceItem),
+    /// Nothing arrived within the source's poll time; the source is alive.
+    Idle,
+    /// The source has nothing more (a file played to its end).
+    End,
+}
+
+/// Which streams a source provides, for the status message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streams {
+    /// It delivers video frames.
+    pub video: bool,
+    /// It delivers ECG blocks.
+    pub ecg: bool,
+}
+
+/// An open source, owned by its thread.
+pub trait Source: Send {
+    /// Waits for the next item, at most about [`MAX_BLOCK`]; returns at once when `stop` is
+    /// set.
+    fn next(&mut self, stop: &Stop) -> Result<Pulled, SourceError>;
+}
+
+/// Opens a source, as often as it takes: at start and after every fault.
+pub trait OpenSource: Send + Sync {
+    /// The source for people and the status message (`session file x.mcap`).
+    fn name(&self) -> String;
+    /// The streams it provides.
+    fn streams(&self) -> Streams;
+    /// Opens (or reopens) it.
+    fn open(&self) -> Result<Box<dyn Source>, SourceError>;
+    /// Whether to open it again when it ends (a looping playback), rather than idle.
+    fn restart_on_end(&self) -> bool {
+        false
+    }
+}
+
+/// The daemon's stop flag, shared by all its threads.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    /// A flag not yet set.
+    pub fn new() -> Stop {
+        Stop::default()
+    }
+
+    /// Asks every thread to finish.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether stopping was asked for.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps until `deadline`, waking early to return `false` when the flag is set.
+    pub fn sleep_until(&self, deadline: Instant) -> bool {
+        loop {
+            if self.is_set() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
+        }
+    }
+}
+
+/// Paces items at their real rate: the first item is due now, each later one when as much
+/// wall time has passed as session time between it and the first.
+#[derive(Debug, Default)]
+pub struct Pacer {
+    /// Wall instant and session time of the first item.
+    anchor: Option<(Instant, u64)>,
+}
+
+impl Pacer {
+    /// The wall instant at which an item available at session time `t_ns` is due.
+    pub fn due(&mut self, t_ns: u64) -> Instant {
+        let (wall, t0) = *self.anchor.get_or_insert((Instant::now(), t_ns));
+        wall + Duration::from_nanos(t_ns.saturating_sub(t0))
+    }
+}
+
+/// Waits until `item` is due; `Idle` when that is more than [`MAX_BLOCK`] away (call again)
+/// and `None` when stopping.
+fn wait_due(pacer: &mut Pacer, item: &SourceItem, stop: &Stop) -> Option<bool> {
+    let due = pacer.due(item.available_ns());
+    let horizon = Instant::now() + MAX_BLOCK;
+    if !stop.sleep_until(due.min(horizon)) {
+        return None;
+    }
+    Some(due <= horizon)
+}
+
+/// Keeps the session clock, frame numbers and ECG sample indices moving forward across
+/// reopenings of a source, as the pipeline and the recorder require.
+///
+/// A replayed file starts at time 0 every time it loops, and a reconnected device may restart
+/// its frame count; the splicer shifts each new opening so that its first item comes a small
+/// gap after the last item of the previous one. ECG indices get a gap too, so the pipeline
+/// sees a break and restarts detection instead of joining two unrelated signals.
+#[derive(Debug, Clone, Default)]
+pub struct Splicer {
+    /// Shifts of the current opening: time, frame number, ECG index.
+    shift: (u64, u64, u64),
+    /// The current opening's time shift is still to be decided by its first item.
+    fresh_time: bool,
+    /// Its frame-number shift is still to be decided by its first frame.
+    fresh_seq: bool,
+    /// Its ECG-index shift is still to be decided by its first ECG block.
+    fresh_index: bool,
+    /// The latest session time delivered (after shifting).
+    last_t_ns: Option<u64>,
+    /// The latest frame number delivered.
+    last_seq: Option<u64>,
+    /// The ECG index that would continue the stream delivered so far.
+    next_index: Option<u64>,
+}
+
+/// Session time left between two openings of a source.
+const SPLICE_GAP_NS: u64 = 100_000_000;
+/// ECG samples skipped between two openings, so the stream visibly breaks.
+const SPLICE_GAP_SAMPLES: u64 = 1000;
+
+impl Splicer {
+    /// A splicer before the first opening.
+    pub fn new() -> Splicer {
+        Splicer::default()
+    }
+
+    /// A new opening of the source begins: its items are shifted as needed.
+    pub fn begin(&mut self) {
+        self.shift = (0, 0, 0);
+        self.fresh_time = true;
+        self.fresh_seq = true;
+        self.fresh_index = true;
+    }
+
+    /// Shifts one item of the current opening.
+    pub fn splice(&mut self, mut item: SourceItem) -> SourceItem {
+        let t = match &item {
+            SourceItem::Frame(f) => f.t_ns,
+            SourceItem::Ecg(b) => b.t0_ns,
+            SourceItem::Truth { t_ns, .. } => *t_ns,
+        };
+        if self.fresh_time {
+            self.fresh_time = false;
+            self.shift.0 = match self.last_t_ns {
+                Some(last) if t <= last + SPLICE_GAP_NS => last + SPLICE_GAP_NS - t,
+                _ => 0,
+            };
+        }
+        match &mut item {
+            SourceItem::Frame(f) => {
+                if self.fresh_seq {
+                    self.fresh_seq = false;
+                    self.shift.1 = match self.last_seq {
+                        Some(last) if f.seq <= last => last + 1 - f.seq,
+                        _ => 0,
+                    };
+                }
+                f.t_ns += self.shift.0;
+                f.seq += self.shift.1;
+                self.last_seq = Some(f.seq);
+            }
+            SourceItem::Ecg(b) => {
+                if self.fresh_index {
+                    self.fresh_index = false;
+                    self.shift.2 = match self.next_index {
+                        Some(next) if b.first_index < next + SPLICE_GAP_SAMPLES => {
+                            next + SPLICE_GAP_SAMPLES - b.first_index
+                        }
+                        _ => 0,
+                    };
+                }
+                b.t0_ns += self.shift.0;
+                b.first_index += self.shift.2;
+                self.next_index = Some(b.first_index + b.samples_mv.len() as u64);
+            }
+            SourceItem::Truth { t_ns, .. } => *t_ns += self.shift.0,
+        }
+        let available = item.available_ns();
+        self.last_t_ns = Some(self.last_t_ns.map_or(available, |l| l.max(available)));
+        item
+    }
+}
+
+/// A session file played at its real pace, as both the video and the ECG source.
+#[derive(Debug, Clone)]
+pub struct PlaySpec {
+    /// The session file.
+    pub path: PathBuf,
+    /// Play it again from the start when it ends.
+    pub looped: bool,
+}
+
+impl OpenSource for PlaySpec {
+    fn name(&self) -> String {
+        format!("session file {}", self.path.display())
+    }
+
+    fn streams(&self) -> Streams {
+        Streams {
+            video: true,
+            ecg: true,
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn Source>, SourceError> {
+        let reader = SessionReader::open(&self.path).map_err(|e| SourceError::Open {
+            source_name: self.name(),
+            message: e.to_string(),
+        })?;
+        Ok(Box::new(PlaySource {
+            path: self.path.clone(),
+            reader,
+            pacer: Pacer::default(),
+            pending: None,
+        }))
+    }
+
+    fn restart_on_end(&self) -> bool {
+        self.looped
+    }
+}
+
+/// An open [`PlaySpec`].
+struct PlaySource {
+    /// For error messages.
+    path: PathBuf,
+    /// The file's events in file order.
+    reader: SessionReader,
+    /// Real-time pacing.
+    pacer: Pacer,
+    /// An item read but not yet due.
+    pending: Option<SourceItem>,
+}
+
+impl PlaySource {
+    /// The next item of the file, skipping what is not a source item (recorded labels).
+    fn read(&mut self) -> Result<Option<SourceItem>, SourceError> {
+        for event in self.reader.by_ref() {
+            let event = event.map_err(|e| SourceError::Read {
+                source_name: format!("session file {}", self.path.display()),
+                message: e.to_string(),
+            })?;
+            let item = match event {
+                SessionEvent::Frame(f) => SourceItem::Frame(f),
+                SessionEvent::Ecg(b) => SourceItem::Ecg(b),
+                SessionEvent::TruthView { t_ns, view } => SourceItem::Truth { t_ns, view },
+                SessionEvent::TruthRPeak { .. } | SessionEvent::Label { .. } => continue,
+            };
+            return Ok(Some(item));
+        }
+        Ok(None)
+    }
+}
+
+impl Source for PlaySource {
+    fn next(&mut self, stop: &Stop) -> Result<Pulled, SourceError> {
+        let item = match self.pending.take() {
+            Some(item) => item,
+            None => match self.read()? {
+                Some(item) => item,
+                None => return Ok(Pulled::End),
+            },
+        };
+        match wait_due(&mut self.pacer, &item, stop) {
+            Some(true) => Ok(Pulled::Item(item)),
+            Some(false) => {
+                self.pending = Some(item);
+                Ok(Pulled::Idle)
+            }
+            None => Ok(Pulled::Idle),
+        }
+    }
+}
+
+/// The simulated cart in real time, as both the video and the ECG source.
+#[derive(Debug)]
+pub struct SimSpec {
+    /// The scan to simulate; each opening after the first adds its count to the seed, so a
+    /// looping simulation does not repeat itself.
+    pub config: SimConfig,
+    /// Openings so far.
+    openings: AtomicU64,
+}
+
+impl SimSpec {
+    /// A simulator source for `config` (checked when opened).
+    pub fn new(config: SimConfig) -> SimSpec {
+        SimSpec {
+            config,
+            openings: AtomicU64::new(0),
+        }
+    }
+}
+
+impl OpenSource for SimSpec {
+    fn name(&self) -> String {
+        "simulator".to_string()
+    }
+
+    fn streams(&self) -> Streams {
+        Streams {
+            video: true,
+            ecg: true,
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn Source>, SourceError> {
+        let n = self.openings.fetch_add(1, Ordering::Relaxed);
+        let config = SimConfig {
+            seed: self.config.seed.wrapping_add(n),
+            ..self.config.clone()
+        };
+        let simulator = Simulator::new(config).map_err(|e| SourceError::Open {
+            source_name: self.name(),
+            message: e.to_string(),
+        })?;
+        Ok(Box::new(SimSource {
+            simulator,
+            pacer: Pacer::default(),
+            pending: Vec::new(),
+        }))
+    }
+
+    fn restart_on_end(&self) -> bool {
+        true
+    }
+}
+
+/// An open [`SimSpec`].
+struct SimSource {
+    /// The simulation, in delivery order.
+    simulator: Simulator,
+    /// Real-time pacing.
+    pacer: Pacer,
+    /// Items of the current simulator event not yet delivered, last first.
+    pending: Vec<SourceItem>,
+}
+
+impl Source for SimSource {
+    fn next(&mut self, stop: &Stop) -> Result<Pulled, SourceError> {
+        if self.pending.is_empty() {
+            loop {
+                match self.simulator.next() {
+                    None => return Ok(Pulled::End),
+                    Some(SimEvent::Frame { frame, truth }) => {
+                        // Truth first: a beat resolved by this frame can then use it.
+                        let t_ns = frame.t_ns;
+                        self.pending.push(SourceItem::Frame(frame));
+                        self.pending.push(SourceItem::Truth { t_ns, view: truth });
+                        break;
+                    }
+                    Some(SimEvent::Ecg(block)) => {
+                        self.pending.push(SourceItem::Ecg(block));
+                        break;
+                    }
+                    Some(SimEvent::RPeak { .. }) => continue,
+                }
+            }
+        }
+        let Some(item) = self.pending.last() else {
+            return Ok(Pulled::Idle);
+        };
+        match wait_due(&mut self.pacer, item, stop) {
+            Some(true) => Ok(self.pending.pop().map_or(Pulled::Idle, Pulled::Item)),
+            _ => Ok(Pulled::Idle),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::PixelFormat;
+
+    fn frame(seq: u64, t_ns: u64) -> SourceItem {
+        SourceItem::Frame(Frame {
+            seq,
+            t_ns,
+            width: 2,
+            height: 1,
+            stride: 2,
+            format: PixelFormat::Grey8,
+            data: vec![0, 0],
+        })
+    }
+
+    fn ecg(first_index: u64, t0_ns: u64) -> SourceItem {
+        SourceItem::Ecg(EcgBlock {
+            first_index,
+            t0_ns,
+            fs_hz: 500.0,
+            samples_mv: vec![0.0; 20],
+            lead_off: false,
+        })
+    }
+
+    #[test]
+    fn splicer_moves_a_restarted_source_after_the_previous_opening() {
+        let mut s = Splicer::new();
+        s.begin();
+        assert_eq!(s.splice(frame(5, 1_000)), frame(5, 1_000));
+        assert_eq!(s.splice(ecg(0, 0)), ecg(0, 0));
+        assert_eq!(s.splice(frame(6, 2_000_000_000)), frame(6, 2_000_000_000));
+        // The file starts over at time 0, frame 5, sample 0.
+        s.begin();
+        let first = s.splice(frame(5, 1_000));
+        assert_eq!(first, frame(7, 2_000_000_000 + SPLICE_GAP_NS));
+        assert_eq!(
+            s.splice(ecg(0, 0)),
+            ecg(
+                20 + SPLICE_GAP_SAMPLES,
+                2_000_000_000 + SPLICE_GAP_NS - 1_000
+            )
+        );
+        assert_eq!(
+            s.splice(frame(6, 1_000_001_000)),
+            frame(8, 3_000_000_000 + SPLICE_GAP_NS)
+        );
+    }
+
+    #[test]
+    fn splicer_leaves_a_live_clock_alone() {
+        let mut s = Splicer::new();
+        s.begin();
+        s.splice(frame(1, 1_000_000_000));
+        s.begin();
+        // A device reconnected later on the monotonic clock: times already move on.
+        assert_eq!(s.splice(frame(9, 5_000_000_000)), frame(9, 5_000_000_000));
+    }
+
+    #[test]
+    fn pacer_spaces_items_by_session_time() {
+        let mut p = Pacer::default();
+        let first = p.due(5_000_000_000);
+        let later = p.due(5_250_000_000);
+        assert_eq!(later - first, Duration::from_millis(250));
+        assert_eq!(p.due(4_000_000_000), first, "late items are due at once");
+    }
+
+    #[test]
+    fn stop_interrupts_a_sleep() {
+        let stop = Stop::new();
+        stop.set();
+        let t = Instant::now();
+        assert!(!stop.sleep_until(t + Duration::from_secs(5)));
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+}
