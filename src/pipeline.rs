@@ -12,6 +12,7 @@ use crate::classify::{BeatClassification, Classifier, FeatureKey, Label};
 use crate::ecg::EcgError;
 use crate::engine::{Engine, EngineError};
 use crate::gate::{Heartbeat, SkipReason, SkippedBeat};
+use crate::media::Frame;
 use crate::preprocess::{PreprocessConfig, PreprocessError, Preprocessor};
 use crate::views::View;
 
@@ -76,12 +77,8 @@ pub struct PipelineStats {
 pub struct Pipeline {
     /// Sources to gated heartbeats.
     cutter: BeatCutter,
-    /// Turns frames into tensors.
-    preprocessor: Preprocessor,
-    /// Tensors of the current beat, reused.
-    tensors: Vec<f32>,
-    /// Encoder + head + reject rule.
-    classifier: Classifier,
+    /// Preprocessing, encoder, head and reject rule.
+    model: ModelStage,
     /// Counters of the back half.
     stats: PipelineStats,
 }
@@ -89,21 +86,9 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline for `bundle` running on `engine`.
     pub fn new(bundle: &Bundle, engine: Box<dyn Engine>) -> Pipeline {
-        let m = &bundle.manifest;
-        let t = bundle.frames_per_beat();
-        let preprocessor = Preprocessor::new(PreprocessConfig::for_bundle(bundle));
-        let tensors = vec![0.0; t * preprocessor.tensor_len()];
         Pipeline {
-            cutter: BeatCutter::new(t),
-            preprocessor,
-            tensors,
-            classifier: Classifier::new(
-                engine,
-                bundle.labels.clone(),
-                t,
-                bundle.feature_dim(),
-                m.classify.reject_threshold,
-            ),
+            cutter: BeatCutter::new(bundle.frames_per_beat()),
+            model: ModelStage::new(bundle, engine),
             stats: PipelineStats::default(),
         }
     }
@@ -118,7 +103,7 @@ impl Pipeline {
 
     /// The engine's name.
     pub fn engine_name(&self) -> &'static str {
-        self.classifier.engine_name()
+        self.model.engine_name()
     }
 
     /// Feeds one input; any beats it completes go to `sink`.
@@ -165,10 +150,57 @@ impl Pipeline {
 
     /// Preprocesses and classifies one beat. `None` when its frames are gone or malformed.
     fn classify(&mut self, beat: &Heartbeat) -> Result<Option<BeatClassification>, PipelineError> {
-        let Some(frames) = self.cutter.frames_of(beat) else {
-            return Ok(None);
-        };
-        let region = match self.preprocessor.prepare_beat(&frames, &mut self.tensors) {
+        match self.cutter.frames_of(beat) {
+            Some(frames) => self.model.classify(beat, &frames),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A model bundle on an engine: preprocessing, the encoder with its feature cache, the head
+/// and the reject rule. [`Pipeline`] runs it on the gating thread; the daemon runs it on its
+/// own inference thread.
+pub struct ModelStage {
+    /// Frames to tensors.
+    preprocessor: Preprocessor,
+    /// The beat's tensors, reused.
+    tensors: Vec<f32>,
+    /// Encoder, head and reject rule.
+    classifier: Classifier,
+}
+
+impl ModelStage {
+    /// The stage for `bundle` running on `engine`.
+    pub fn new(bundle: &Bundle, engine: Box<dyn Engine>) -> ModelStage {
+        let t = bundle.frames_per_beat();
+        let preprocessor = Preprocessor::new(PreprocessConfig::for_bundle(bundle));
+        let tensors = vec![0.0; t * preprocessor.tensor_len()];
+        ModelStage {
+            preprocessor,
+            tensors,
+            classifier: Classifier::new(
+                engine,
+                bundle.labels.clone(),
+                t,
+                bundle.feature_dim(),
+                bundle.manifest.classify.reject_threshold,
+            ),
+        }
+    }
+
+    /// The engine's name.
+    pub fn engine_name(&self) -> &'static str {
+        self.classifier.engine_name()
+    }
+
+    /// Classifies `beat` from its T `frames` in phase order. `Ok(None)` when the frames are
+    /// unusable (malformed, or their size changed mid-beat).
+    pub fn classify(
+        &mut self,
+        beat: &Heartbeat,
+        frames: &[&Frame],
+    ) -> Result<Option<BeatClassification>, PipelineError> {
+        let region = match self.preprocessor.prepare_beat(frames, &mut self.tensors) {
             Ok(region) => region,
             Err(PreprocessError::BadFrame(_) | PreprocessError::Inconsistent { .. }) => {
                 return Ok(None);
@@ -180,8 +212,7 @@ impl Pipeline {
             .iter()
             .map(|s| FeatureKey { seq: s.seq, region })
             .collect();
-        let classification = self.classifier.classify(&keys, &self.tensors)?;
-        Ok(Some(classification))
+        Ok(Some(self.classifier.classify(&keys, &self.tensors)?))
     }
 }
 

@@ -8,13 +8,11 @@
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use crate::bundle::Bundle;
-use crate::classify::{BeatClassification, Classifier, FeatureKey};
-use crate::engine::Engine;
+use crate::classify::BeatClassification;
 use crate::gate::Heartbeat;
 use crate::media::Frame;
+pub use crate::pipeline::ModelStage;
 use crate::pipeline::PipelineError;
-use crate::preprocess::{PreprocessConfig, PreprocessError, Preprocessor};
 
 use super::shared::lock;
 
@@ -32,40 +30,9 @@ pub trait ClassifyBeat: Send {
     ) -> Result<Option<BeatClassification>, PipelineError>;
 }
 
-/// A model bundle on an engine: preprocessing, the encoder with its feature cache, the head
-/// and the reject rule, exactly as [`crate::pipeline::Pipeline`] applies them.
-pub struct ModelStage {
-    /// Frames to tensors.
-    preprocessor: Preprocessor,
-    /// The beat's tensors, reused.
-    tensors: Vec<f32>,
-    /// Encoder, head and reject rule.
-    classifier: Classifier,
-}
-
-impl ModelStage {
-    /// The stage for `bundle` running on `engine`.
-    pub fn new(bundle: &Bundle, engine: Box<dyn Engine>) -> ModelStage {
-        let t = bundle.frames_per_beat();
-        let preprocessor = Preprocessor::new(PreprocessConfig::for_bundle(bundle));
-        let tensors = vec![0.0; t * preprocessor.tensor_len()];
-        ModelStage {
-            preprocessor,
-            tensors,
-            classifier: Classifier::new(
-                engine,
-                bundle.labels.clone(),
-                t,
-                bundle.feature_dim(),
-                bundle.manifest.classify.reject_threshold,
-            ),
-        }
-    }
-}
-
 impl ClassifyBeat for ModelStage {
     fn engine_name(&self) -> &'static str {
-        self.classifier.engine_name()
+        ModelStage::engine_name(self)
     }
 
     fn classify(
@@ -73,19 +40,7 @@ impl ClassifyBeat for ModelStage {
         beat: &Heartbeat,
         frames: &[&Frame],
     ) -> Result<Option<BeatClassification>, PipelineError> {
-        let region = match self.preprocessor.prepare_beat(frames, &mut self.tensors) {
-            Ok(region) => region,
-            Err(PreprocessError::BadFrame(_) | PreprocessError::Inconsistent { .. }) => {
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let keys: Vec<FeatureKey> = beat
-            .frames
-            .iter()
-            .map(|s| FeatureKey { seq: s.seq, region })
-            .collect();
-        Ok(Some(self.classifier.classify(&keys, &self.tensors)?))
+        ModelStage::classify(self, beat, frames)
     }
 }
 
