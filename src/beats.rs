@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::ecg::{EcgError, QrsDetector, QualityMonitor};
-use crate::gate::{FrameStamp, Gate, GateConfig, GateEvent, Heartbeat, SkippedBeat};
+use crate::gate::{FrameStamp, Gate, GateConfig, GateEvent, Gating, Heartbeat, SkippedBeat};
 use crate::media::{EcgBlock, Frame};
 use crate::views::View;
 
@@ -35,6 +35,14 @@ pub enum Input {
         t_ns: u64,
         /// The view being shown.
         view: View,
+    },
+    /// A beat boundary found outside the cutter's own ECG stages: an export's R-wave time
+    /// vector or image-derived gating. It closes the open beat like a detected R-peak.
+    Boundary {
+        /// Session-clock time of the boundary.
+        t_ns: u64,
+        /// How it was found; the beat it closes carries this mark.
+        gating: Gating,
     },
 }
 
@@ -167,6 +175,10 @@ impl BeatCutter {
                     self.truth.pop_front();
                 }
                 self.truth.push_back((t_ns, view));
+            }
+            Input::Boundary { t_ns, gating } => {
+                self.stats.r_peaks += 1;
+                self.gate.push_boundary(t_ns, gating);
             }
         }
         self.collect();

@@ -60,8 +60,12 @@ pub struct FrameStamp {
 /// How a heartbeat's boundaries were found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gating {
-    /// From R-peaks detected in the ECG.
+    /// From R-peaks detected in the ECG (live, or an export's ECG waveform or R-wave times).
     Ecg,
+    /// From fixed time windows, while no usable ECG is there: phases are not cardiac phases.
+    Time,
+    /// From the periodic motion of the image itself, for cines exported without any ECG.
+    Image,
 }
 
 impl Gating {
@@ -69,6 +73,8 @@ impl Gating {
     pub fn name(self) -> &'static str {
         match self {
             Gating::Ecg => "ecg",
+            Gating::Time => "time",
+            Gating::Image => "image",
         }
     }
 }
@@ -150,6 +156,8 @@ struct PendingBeat {
     beat: u64,
     start_ns: u64,
     end_ns: u64,
+    /// How the boundary that closed it was found.
+    gating: Gating,
 }
 
 /// The heartbeat gate. See the module documentation.
@@ -210,6 +218,13 @@ impl Gate {
 
     /// Records a detected R-peak, closing the beat that the previous R-peak opened.
     pub fn push_r_peak(&mut self, t_ns: u64) {
+        self.push_boundary(t_ns, Gating::Ecg);
+    }
+
+    /// Records a beat boundary found some other way than by the QRS detector (an export's
+    /// R-wave times, the image's motion, a time window); the beat it closes is marked with
+    /// `gating`.
+    pub fn push_boundary(&mut self, t_ns: u64, gating: Gating) {
         let Some(start_ns) = self.last_r_ns else {
             self.last_r_ns = Some(t_ns);
             return;
@@ -222,6 +237,7 @@ impl Gate {
             beat: self.next_beat,
             start_ns,
             end_ns: t_ns,
+            gating,
         };
         self.next_beat += 1;
         let rr = t_ns - start_ns;
@@ -315,7 +331,7 @@ impl Gate {
             start_ns: beat.start_ns,
             end_ns: beat.end_ns,
             frames: picked,
-            gating: Gating::Ecg,
+            gating: beat.gating,
         }));
     }
 
@@ -426,6 +442,26 @@ mod tests {
         assert_eq!(times, vec![1000, 1200, 1400, 1600]);
         assert_eq!(beat.beat, 0);
         assert!((beat.hr_bpm() - 75.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_beat_carries_the_gating_of_the_boundary_that_closed_it() {
+        let mut gate = Gate::new(GateConfig::new(4));
+        feed_frames(&mut gate, 100, 0, 990);
+        gate.push_r_peak(1000 * MS);
+        feed_frames(&mut gate, 100, 1000, 1790);
+        gate.push_boundary(1800 * MS, Gating::Image);
+        feed_frames(&mut gate, 100, 1800, 2590);
+        gate.push_r_peak(2600 * MS);
+        feed_frames(&mut gate, 100, 2600, 2700);
+        let gatings: Vec<Gating> = events(&mut gate)
+            .into_iter()
+            .map(|event| match event {
+                GateEvent::Beat(beat) => beat.gating,
+                GateEvent::Skipped(skipped) => panic!("unexpected skip {skipped:?}"),
+            })
+            .collect();
+        assert_eq!(gatings, vec![Gating::Image, Gating::Ecg]);
     }
 
     #[test]
