@@ -1,5 +1,6 @@
 //! `echoview run` end to end: the real binary (or the library's server in-process) on a short
-//! simulated session played at its real pace, with the demo model.
+//! simulated session played at its real pace (its ECG, or the same ECG sent by a board on a
+//! pseudo-terminal), with the demo model.
 //!
 //! Each test makes its own session (a few seconds of 320x240 video and ECG from the
 //! simulator), socket and recording folder in a temporary directory, so the tests run in
@@ -25,6 +26,8 @@ use echoview::engine::{self, EngineError, EngineKind};
 use echoview::gate::Heartbeat;
 use echoview::media::Frame;
 use echoview::pipeline::PipelineError;
+use echoview::serial::emulator::WireFormat;
+use echoview::serial::{Emulator, EmulatorConfig, SampleWidth};
 use echoview::session::{SessionEvent, SessionReader, SessionWriter};
 use echoview::sim::{LeadOffMode, LeadOffStretch, ScanScript, SimConfig, SimEvent, Simulator};
 use echoview::views::View;
@@ -175,11 +178,67 @@ impl Client {
     }
 }
 
+/// An ECG board on a pseudo-terminal, sending the ECG recorded in `session` in real time
+/// (binary protocol, 16-bit) from a thread, until `stop` is set.
+struct PtyBoard {
+    /// The pty's device path, for `--ecg`.
+    device: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PtyBoard {
+    fn start(session: &Path) -> PtyBoard {
+        let format = WireFormat::Binary {
+            width: SampleWidth::I16,
+        };
+        let mut emulator = Emulator::open_pty(EmulatorConfig::new(format)).unwrap();
+        let device = emulator.device().to_path_buf();
+        let blocks: Vec<_> = SessionReader::open(session)
+            .unwrap()
+            .filter_map(|event| match event.unwrap() {
+                SessionEvent::Ecg(block) => Some(block),
+                _ => None,
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for block in &blocks {
+                if flag.load(Ordering::Relaxed) {
+                    return;
+                }
+                // A daemon that hung up is the test's failure to report, not this thread's.
+                if emulator.send(block).is_err() {
+                    return;
+                }
+            }
+        });
+        PtyBoard {
+            device,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PtyBoard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[test]
-fn plays_a_session_to_three_clients_survives_a_stalled_one_and_stops_on_sigterm() {
+fn plays_video_with_a_pty_ecg_to_three_clients_survives_a_stalled_one_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let session = session(dir, 4, Vec::new());
+    // The board starts sending at once; the daemon opens its port within a moment, as on a
+    // cart whose board is already running.
+    let board = PtyBoard::start(&session);
     let socket = dir.join("run/labels.sock");
     let record = dir.join("rec");
     let config = config_file(
@@ -193,6 +252,8 @@ fn plays_a_session_to_three_clients_survives_a_stalled_one_and_stops_on_sigterm(
             config.to_str().unwrap(),
             "--play",
             session.to_str().unwrap(),
+            "--ecg",
+            board.device.to_str().unwrap(),
             "--socket",
             socket.to_str().unwrap(),
             "--record",
@@ -500,6 +561,7 @@ fn a_wedged_source_stops_the_watchdog_until_it_recovers() {
         inner: PlaySpec {
             path: session,
             looped: true,
+            video_only: None,
         },
         wedged: wedged.clone(),
     };
@@ -639,6 +701,7 @@ fn engine_errors_are_counted_and_labels_keep_coming() {
         vec![Arc::new(PlaySpec {
             path: session,
             looped: false,
+            video_only: None,
         })],
         Box::new(model),
         ModelIdentity::of(&bundle),

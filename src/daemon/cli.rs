@@ -13,7 +13,7 @@ use crate::cli::ModelArgs;
 use crate::engine::EngineKind;
 
 use super::Daemon;
-use super::config::{Config, SourceKind};
+use super::config::{Config, PlayEcg, SourceKind};
 use super::log::{self, Level};
 use super::notify::Notifier;
 
@@ -31,8 +31,16 @@ pub struct RunArgs {
     #[arg(long = "loop", requires = "play")]
     pub looped: bool,
     /// Run the simulated cart in real time as the video and ECG source ([sim] in the config).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["video", "ecg"])]
     pub sim: bool,
+    /// Capture video from this V4L2 device (a path, or a name under /dev/v4l/by-id); the
+    /// source becomes the live cart ([video] in the config).
+    #[arg(long, value_name = "DEVICE", conflicts_with = "play")]
+    pub video: Option<String>,
+    /// Read the ECG board on this serial port ([ecg] in the config gives protocol and rate).
+    /// With --play, the file then supplies only the video.
+    #[arg(long, value_name = "PORT")]
+    pub ecg: Option<PathBuf>,
     /// The label socket [default: /run/echoview/labels.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
@@ -62,6 +70,17 @@ impl RunArgs {
         }
         if self.sim {
             config.source.kind = Some(SourceKind::Sim);
+        }
+        if let Some(device) = &self.video {
+            config.source.kind = Some(SourceKind::Live);
+            config.video.device = device.clone();
+        }
+        if let Some(port) = &self.ecg {
+            config.ecg.port = port.clone();
+            match config.source.kind {
+                Some(SourceKind::Play) => config.source.ecg = Some(PlayEcg::Serial),
+                _ => config.source.kind = Some(SourceKind::Live),
+            }
         }
         if let Some(socket) = &self.socket {
             config.socket.path = socket.clone();

@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 use serde::Deserialize;
 
+use crate::capture::CaptureConfig;
+use crate::ecg::QrsDetector;
 use crate::engine::EngineKind;
+use crate::media::PixelFormat;
+use crate::serial::{AsciiConfig, BinaryConfig, EcgStream, Protocol, ReaderConfig, StreamConfig};
 use crate::sim::{ScanScript, SimConfig};
 
 use super::stability::StabilityConfig;
@@ -55,6 +59,10 @@ pub enum ConfigError {
 pub struct Config {
     /// Where video and ECG come from.
     pub source: SourceConfig,
+    /// The video grabber, for `source.kind = "live"`.
+    pub video: VideoSection,
+    /// The ECG board, for `source.kind = "live"` (or next to a played file).
+    pub ecg: EcgSection,
     /// The simulator, for `source.kind = "sim"`.
     pub sim: SimSection,
     /// The model bundle and engine.
@@ -75,7 +83,10 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
-    /// A session file played at its real pace (video and ECG).
+    /// The cart: video from the grabber in `[video]`, ECG from the board in `[ecg]`.
+    Live,
+    /// A session file played at its real pace (video, and ECG unless `source.ecg` says
+    /// `serial`).
     Play,
     /// The simulated cart in real time (video and ECG).
     Sim,
@@ -93,6 +104,155 @@ pub struct SourceConfig {
     /// Play the file again from the start when it ends (`play`).
     #[serde(rename = "loop")]
     pub looped: bool,
+    /// With `play`: where the ECG comes from, the file's own (`session`, the default) or the
+    /// board in `[ecg]` (`serial`), for bench tests of a board against recorded video.
+    pub ecg: Option<PlayEcg>,
+}
+
+/// Where a played session's ECG comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlayEcg {
+    /// The ECG recorded in the file.
+    Session,
+    /// The serial board in `[ecg]`; the file supplies only video.
+    Serial,
+}
+
+/// `[video]`: the grabber.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VideoSection {
+    /// Device path, or a name under /dev/v4l/by-id; the Jetson package's udev rule makes
+    /// `/dev/echoview-video`, which survives replugging.
+    pub device: String,
+    /// Pixel format (`YUYV`, `UYVY`, `NV12`, `GREY`, `RGB3`, `MJPG`), or `auto` for the best
+    /// one offered at the size and rate.
+    pub format: String,
+    /// Frame width in pixels.
+    pub width: u32,
+    /// Frame height in pixels.
+    pub height: u32,
+    /// Frames per second to ask for.
+    pub fps: f64,
+    /// Driver buffers.
+    pub buffers: u32,
+    /// A grabber that sends nothing for this long is reopened (some go silent when their
+    /// input signal is lost instead of failing).
+    pub stall_timeout_ms: u64,
+}
+
+impl Default for VideoSection {
+    fn default() -> VideoSection {
+        let capture = CaptureConfig::new(DEFAULT_VIDEO_DEVICE);
+        VideoSection {
+            device: capture.device,
+            format: "auto".into(),
+            width: capture.width,
+            height: capture.height,
+            fps: capture.fps,
+            buffers: capture.buffers,
+            stall_timeout_ms: capture.stall_timeout_ms,
+        }
+    }
+}
+
+/// The grabber's device node made by the Jetson package's udev rule.
+pub const DEFAULT_VIDEO_DEVICE: &str = "/dev/echoview-video";
+/// The ECG adapter's device node made by the Jetson package's udev rule.
+pub const DEFAULT_ECG_PORT: &str = "/dev/echoview-ecg";
+
+impl VideoSection {
+    /// The capture configuration, checked.
+    pub fn capture_config(&self) -> Result<CaptureConfig, String> {
+        let format = match self.format.trim() {
+            f if f.eq_ignore_ascii_case("auto") => None,
+            f => Some(PixelFormat::from_name(f).ok_or_else(|| {
+                format!(
+                    "format {f:?} is not one of auto, YUYV, UYVY, NV12, GREY, RGB3, MJPG                      (`v4l2-ctl --list-formats-ext -d DEVICE` shows what the grabber offers)"
+                )
+            })?),
+        };
+        let config = CaptureConfig {
+            device: self.device.clone(),
+            format,
+            width: self.width,
+            height: self.height,
+            fps: self.fps,
+            buffers: self.buffers,
+            stall_timeout_ms: self.stall_timeout_ms,
+            ..CaptureConfig::new(&self.device)
+        };
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+/// `[ecg]`: the ECG board on its serial port (see board/ecg-protocol.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EcgSection {
+    /// Serial device; the Jetson package's udev rule makes `/dev/echoview-ecg`.
+    pub port: PathBuf,
+    /// Wire protocol: `binary` (framed, with CRC) or `ascii` (one sample per line).
+    pub protocol: String,
+    /// The board's sampling rate in Hz (250 to 1000).
+    pub fs_hz: f64,
+    /// The lead: column (ascii) or channel (binary), from 0.
+    pub lead: usize,
+    /// Line speed in baud.
+    pub baud: u32,
+    /// ascii only: millivolts per unit of the numbers sent (0.001 for microvolts).
+    pub mv_per_unit: f64,
+    /// How much the cart's video lags this ECG, in ms, from the tap test.
+    pub video_lag_ms: f64,
+}
+
+impl Default for EcgSection {
+    fn default() -> EcgSection {
+        EcgSection {
+            port: PathBuf::from(DEFAULT_ECG_PORT),
+            protocol: "binary".into(),
+            fs_hz: 500.0,
+            lead: 0,
+            baud: 115_200,
+            mv_per_unit: 1.0,
+            video_lag_ms: 0.0,
+        }
+    }
+}
+
+impl EcgSection {
+    /// The serial reader's configuration, checked.
+    pub fn reader_config(&self) -> Result<ReaderConfig, String> {
+        let protocol = match self.protocol.trim() {
+            p if p.eq_ignore_ascii_case("binary") => {
+                Protocol::Binary(BinaryConfig { lead: self.lead })
+            }
+            p if p.eq_ignore_ascii_case("ascii") => Protocol::Ascii(AsciiConfig {
+                lead: self.lead,
+                mv_per_unit: self.mv_per_unit,
+            }),
+            p => return Err(format!("protocol {p:?} is not \"binary\" or \"ascii\"")),
+        };
+        if !self.video_lag_ms.is_finite() {
+            return Err(format!(
+                "video_lag_ms {} is not a number",
+                self.video_lag_ms
+            ));
+        }
+        let mut stream = StreamConfig::new(protocol, self.fs_hz);
+        // Clamped only to stay an integer; the stream refuses anything beyond a few seconds.
+        stream.video_lag_ns = (self.video_lag_ms * 1e6).round().clamp(-1e15, 1e15) as i64;
+        // The detector checks the rate it can work at, the stream the lead, scale and lag,
+        // each with its own message.
+        QrsDetector::new(self.fs_hz).map_err(|e| e.to_string())?;
+        EcgStream::new(&stream).map_err(|e| e.to_string())?;
+        let mut config = ReaderConfig::new(&self.port, stream);
+        config.baud = self.baud;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
 }
 
 /// `[sim]`: the simulated scan.
@@ -364,6 +524,17 @@ impl Config {
                 "source.kind = \"play\" needs the session file in source.play".into(),
             ));
         }
+        let serial_ecg = match self.source.kind {
+            Some(SourceKind::Live) => true,
+            Some(SourceKind::Play) => self.source.ecg == Some(PlayEcg::Serial),
+            _ => false,
+        };
+        if self.source.kind == Some(SourceKind::Live) {
+            self.video.capture_config().map_err(|m| bad("video", m))?;
+        }
+        if serial_ecg {
+            self.ecg.reader_config().map_err(|m| bad("ecg", m))?;
+        }
         if self.source.kind == Some(SourceKind::Sim) {
             self.sim.sim_config().map_err(|m| bad("sim", m))?;
         }
@@ -480,6 +651,20 @@ mod tests {
             ("[source]\nkind = \"play\"", "source.play"),
             ("[source]\nkind = \"sim\"\n[sim]\nviews = \"XYZ\"", "sim"),
             ("[socket]\nclient_queue = 0", "socket.client_queue"),
+            (
+                "[source]\nkind = \"live\"\n[video]\nformat = \"H264\"",
+                "video",
+            ),
+            ("[source]\nkind = \"live\"\n[video]\nfps = 0.0", "video"),
+            (
+                "[source]\nkind = \"live\"\n[ecg]\nprotocol = \"hl7\"",
+                "ecg",
+            ),
+            ("[source]\nkind = \"live\"\n[ecg]\nfs_hz = 50.0", "ecg"),
+            (
+                "[source]\nkind = \"live\"\n[ecg]\nvideo_lag_ms = 9000.0",
+                "ecg",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
@@ -488,6 +673,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("camera") && err.contains("kind"), "{err}");
+    }
+
+    #[test]
+    fn a_live_cart_parses_into_capture_and_serial_settings() {
+        let c = parse(
+            r#"
+            [source]
+            kind = "live"
+            [video]
+            device = "usb-grabber-video-index0"
+            format = "mjpg"
+            width = 1280
+            height = 720
+            [ecg]
+            port = "/dev/ttyUSB0"
+            protocol = "ascii"
+            fs_hz = 250.0
+            mv_per_unit = 0.001
+            video_lag_ms = -35.0
+            "#,
+        )
+        .unwrap();
+        let capture = c.video.capture_config().unwrap();
+        assert_eq!(capture.format, Some(PixelFormat::Mjpeg));
+        assert_eq!((capture.width, capture.height), (1280, 720));
+        let reader = c.ecg.reader_config().unwrap();
+        assert_eq!(reader.port, Path::new("/dev/ttyUSB0"));
+        assert_eq!(reader.stream.fs_hz, 250.0);
+        assert_eq!(reader.stream.video_lag_ns, -35_000_000);
+        assert_eq!(reader.stream.protocol.name(), "ascii");
+        // Defaults name the udev rule's stable nodes.
+        let d = Config::default();
+        assert_eq!(d.video.device, DEFAULT_VIDEO_DEVICE);
+        assert_eq!(d.ecg.port, Path::new(DEFAULT_ECG_PORT));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod gating;
 pub mod infer;
+pub mod live;
 pub mod log;
 pub mod notify;
 pub mod protocol;
@@ -52,9 +53,10 @@ use crate::engine::EngineError;
 use crate::media::Frame;
 use crate::views::View;
 
-use self::config::{Config, ConfigError, SourceKind};
+use self::config::{Config, ConfigError, PlayEcg, SourceKind};
 use self::gating::{BeatGating, GatedBeat, GatedEvent, GatingConfig, GatingStage};
 use self::infer::{ClassifyBeat, Mailbox, ModelStage};
+use self::live::{SerialSpec, SessionClock, VideoSpec};
 use self::log::{Level, RateLimited};
 use self::notify::{Notifier, NotifyState, Watchdog};
 use self::protocol::{EngineStatus, Hello, Message, ModelInfo, Probs, StabilityInfo, ViewMsg};
@@ -168,7 +170,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// A daemon from parts: the seam for sources and classifiers other than the configured
-    /// ones (tests, and the live sources to come).
+    /// ones (tests use it for faulty sources and engines).
     pub fn new(
         config: Config,
         sources: Vec<Arc<dyn OpenSource>>,
@@ -189,7 +191,7 @@ impl Daemon {
     /// The daemon `config` describes: loads and verifies the model bundle in
     /// `config.model.dir` (which must be set), opens the engine and sets up the sources.
     pub fn from_config(config: Config, notifier: Notifier) -> Result<Daemon, DaemonError> {
-        let sources = sources_of(&config)?;
+        let sources = sources_of(&config, SessionClock::start())?;
         let dir = config.model.dir.clone().unwrap_or_default();
         let bundle = Bundle::load(&dir).map_err(|source| DaemonError::Bundle {
             dir: dir.display().to_string(),
@@ -307,27 +309,47 @@ impl Daemon {
     }
 }
 
-/// The sources `config` asks for.
-fn sources_of(config: &Config) -> Result<Vec<Arc<dyn OpenSource>>, DaemonError> {
-    let source: Arc<dyn OpenSource> = match config.source.kind {
-        None => return Err(DaemonError::NoSource),
-        Some(SourceKind::Play) => Arc::new(PlaySpec {
-            path: config.source.play.clone().ok_or(DaemonError::NoSource)?,
-            looped: config.source.looped,
-        }),
-        Some(SourceKind::Sim) => {
-            let sim = config
-                .sim
-                .sim_config()
-                .map_err(|message| ConfigError::Invalid {
-                    origin: "settings".into(),
-                    key: "sim".into(),
-                    message,
-                })?;
-            Arc::new(SimSpec::new(sim))
-        }
+/// The sources `config` asks for, all stamping on `clock` where they are live.
+fn sources_of(
+    config: &Config,
+    clock: SessionClock,
+) -> Result<Vec<Arc<dyn OpenSource>>, DaemonError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        origin: "settings".into(),
+        key: key.into(),
+        message,
     };
-    Ok(vec![source])
+    let serial = || -> Result<Arc<dyn OpenSource>, DaemonError> {
+        let reader = config.ecg.reader_config().map_err(|m| invalid("ecg", m))?;
+        Ok(Arc::new(SerialSpec { reader, clock }))
+    };
+    match config.source.kind {
+        None => Err(DaemonError::NoSource),
+        Some(SourceKind::Live) => {
+            let capture = config
+                .video
+                .capture_config()
+                .map_err(|m| invalid("video", m))?;
+            Ok(vec![Arc::new(VideoSpec { capture, clock }), serial()?])
+        }
+        Some(SourceKind::Play) => {
+            let serial_ecg = config.source.ecg == Some(PlayEcg::Serial);
+            let play: Arc<dyn OpenSource> = Arc::new(PlaySpec {
+                path: config.source.play.clone().ok_or(DaemonError::NoSource)?,
+                looped: config.source.looped,
+                video_only: serial_ecg.then_some(clock),
+            });
+            if serial_ecg {
+                Ok(vec![play, serial()?])
+            } else {
+                Ok(vec![play])
+            }
+        }
+        Some(SourceKind::Sim) => {
+            let sim = config.sim.sim_config().map_err(|m| invalid("sim", m))?;
+            Ok(vec![Arc::new(SimSpec::new(sim))])
+        }
+    }
 }
 
 /// The `hello` line for this model and configuration.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::live::SessionClock;
 use crate::media::{EcgBlock, Frame};
 use crate::session::{SessionEvent, SessionReader};
 use crate::sim::{SimConfig, SimEvent, Simulator};
@@ -270,13 +271,18 @@ impl Splicer {
     }
 }
 
-/// A session file played at its real pace, as both the video and the ECG source.
+/// A session file played at its real pace, as both the video and the ECG source, or as the
+/// video source only, next to a live ECG board.
 #[derive(Debug, Clone)]
 pub struct PlaySpec {
     /// The session file.
     pub path: PathBuf,
     /// Play it again from the start when it ends.
     pub looped: bool,
+    /// `Some` plays only the file's video (and truth), restamped onto this live clock at the
+    /// moment each frame is shown, as a grabber would stamp it; the ECG then comes from a
+    /// board. `None` plays video and ECG on the file's own clock.
+    pub video_only: Option<SessionClock>,
 }
 
 impl OpenSource for PlaySpec {
@@ -287,7 +293,7 @@ impl OpenSource for PlaySpec {
     fn streams(&self) -> Streams {
         Streams {
             video: true,
-            ecg: true,
+            ecg: self.video_only.is_none(),
         }
     }
 
@@ -301,6 +307,7 @@ impl OpenSource for PlaySpec {
             reader,
             pacer: Pacer::default(),
             pending: None,
+            restamp: self.video_only,
         }))
     }
 
@@ -319,6 +326,8 @@ struct PlaySource {
     pacer: Pacer,
     /// An item read but not yet due.
     pending: Option<SourceItem>,
+    /// The live clock to restamp video onto, when the ECG comes from elsewhere.
+    restamp: Option<SessionClock>,
 }
 
 impl PlaySource {
@@ -331,6 +340,7 @@ impl PlaySource {
             })?;
             let item = match event {
                 SessionEvent::Frame(f) => SourceItem::Frame(f),
+                SessionEvent::Ecg(_) if self.restamp.is_some() => continue,
                 SessionEvent::Ecg(b) => SourceItem::Ecg(b),
                 SessionEvent::TruthView { t_ns, view } => SourceItem::Truth { t_ns, view },
                 SessionEvent::TruthRPeak { .. } | SessionEvent::Label { .. } => continue,
@@ -351,7 +361,13 @@ impl Source for PlaySource {
             },
         };
         match wait_due(&mut self.pacer, &item, stop) {
-            Some(true) => Ok(Pulled::Item(item)),
+            Some(true) => Ok(Pulled::Item(match self.restamp {
+                Some(clock) => {
+                    let shown = clock.at(self.pacer.due(item.available_ns()));
+                    restamped(item, shown)
+                }
+                None => item,
+            })),
             Some(false) => {
                 self.pending = Some(item);
                 Ok(Pulled::Idle)
@@ -359,6 +375,16 @@ impl Source for PlaySource {
             None => Ok(Pulled::Idle),
         }
     }
+}
+
+/// `item` moved to session time `t_ns` (frames and truth; ECG is never restamped).
+fn restamped(mut item: SourceItem, t_ns: u64) -> SourceItem {
+    match &mut item {
+        SourceItem::Frame(frame) => frame.t_ns = t_ns,
+        SourceItem::Truth { t_ns: t, .. } => *t = t_ns,
+        SourceItem::Ecg(_) => {}
+    }
+    item
 }
 
 /// The simulated cart in real time, as both the video and the ECG source.
