@@ -155,6 +155,13 @@ impl Classifier {
         self.engine.name()
     }
 
+    /// Swaps in another engine (a restarted one, or the fallback after faults). Cached
+    /// features came from the old engine and are dropped, so no beat mixes the two.
+    pub fn replace_engine(&mut self, engine: Box<dyn Engine>) {
+        self.engine = engine;
+        self.cache = FeatureCache::new(2 * self.frames_per_beat);
+    }
+
     /// Classifies a beat: `keys[i]` identifies frame i and `tensors` holds the T preprocessed
     /// frames back to back (`tensor_len` floats each). Frames already in the cache are not
     /// encoded again.

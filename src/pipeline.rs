@@ -193,6 +193,11 @@ impl ModelStage {
         self.classifier.engine_name()
     }
 
+    /// Swaps in another engine for the same bundle (see [`Classifier::replace_engine`]).
+    pub fn replace_engine(&mut self, engine: Box<dyn Engine>) {
+        self.classifier.replace_engine(engine);
+    }
+
     /// Classifies `beat` from its T `frames` in phase order. `Ok(None)` when the frames are
     /// unusable (malformed, or their size changed mid-beat).
     pub fn classify(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use echoview::bundle::Bundle;
 use echoview::classify::BeatClassification;
 use echoview::daemon::config::Config;
-use echoview::daemon::infer::{ClassifyBeat, ModelStage};
+use echoview::daemon::infer::{ClassifyBeat, ModelStage, Recovered};
 use echoview::daemon::notify::Notifier;
 use echoview::daemon::protocol::{Hello, Message, StatusMsg, ViewMsg};
 use echoview::daemon::source::{OpenSource, PlaySpec, Pulled, Source, SourceError, Stop, Streams};
@@ -657,6 +657,46 @@ fn refuses_a_missing_config_file_and_a_missing_source() {
     );
 }
 
+/// A daemon serving `session` (played once) with `model`, in this process on a thread of
+/// its own; send on the returned channel to stop it.
+fn serve_in_process(
+    config: &Config,
+    session: &Path,
+    model: Box<dyn ClassifyBeat>,
+    bundle: &Bundle,
+) -> (
+    std::thread::JoinHandle<Result<echoview::daemon::RunReport, echoview::daemon::DaemonError>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let daemon = Daemon::new(
+        config.clone(),
+        vec![Arc::new(PlaySpec {
+            path: session.to_path_buf(),
+            looped: false,
+            video_only: None,
+        })],
+        model,
+        ModelIdentity::of(bundle),
+        Notifier::disabled(),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(daemon.run(async {
+            let _ = stop_rx.await;
+        }))
+    });
+    let start = Instant::now();
+    while !config.socket.path.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (server, stop_tx)
+}
+
 /// The real model, failing every other beat as a flaky accelerator might.
 struct Flaky {
     inner: ModelStage,
@@ -696,32 +736,7 @@ fn engine_errors_are_counted_and_labels_keep_coming() {
         inner: ModelStage::new(&bundle, engine),
         calls: 0,
     };
-    let daemon = Daemon::new(
-        config.clone(),
-        vec![Arc::new(PlaySpec {
-            path: session,
-            looped: false,
-            video_only: None,
-        })],
-        Box::new(model),
-        ModelIdentity::of(&bundle),
-        Notifier::disabled(),
-    );
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(daemon.run(async {
-            let _ = stop_rx.await;
-        }))
-    });
-    let start = Instant::now();
-    while !config.socket.path.exists() {
-        assert!(start.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (server, stop_tx) = serve_in_process(&config, &session, Box::new(model), &bundle);
     let mut c = Client::connect(&config.socket.path);
     c.read_until(Duration::from_secs(15), |c| {
         c.views.len() >= 2
@@ -743,4 +758,81 @@ fn engine_errors_are_counted_and_labels_keep_coming() {
     stop_tx.send(()).unwrap();
     let report = server.join().unwrap().unwrap();
     assert!(report.beats_published >= 2);
+}
+
+/// An accelerator that fails every beat until the daemon gives up on it: reopening it does not
+/// help, falling back to tract (the real model) does.
+struct Broken {
+    fallback: ModelStage,
+    fell_back: bool,
+}
+
+impl ClassifyBeat for Broken {
+    fn engine_name(&self) -> &'static str {
+        if self.fell_back {
+            "tract"
+        } else {
+            "broken-gpu"
+        }
+    }
+    fn classify(
+        &mut self,
+        beat: &Heartbeat,
+        frames: &[&Frame],
+    ) -> Result<Option<BeatClassification>, PipelineError> {
+        if self.fell_back {
+            return self.fallback.classify(beat, frames);
+        }
+        Err(PipelineError::Engine(EngineError::Run {
+            file: "encoder.plan".into(),
+            message: "device lost".into(),
+        }))
+    }
+    fn recover(&mut self, attempt: u32) -> Result<Recovered, String> {
+        self.fell_back = attempt > 0;
+        Ok(Recovered {
+            engine: self.engine_name(),
+            fallback: self
+                .fell_back
+                .then(|| "broken-gpu kept failing".to_string()),
+        })
+    }
+}
+
+#[test]
+fn a_failing_engine_is_restarted_then_replaced_by_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let session = session(dir, 6, Vec::new());
+    let mut config = Config::default();
+    config.socket.path = dir.join("labels.sock");
+    let bundle = Bundle::load(&demo_model()).unwrap();
+    let model = Broken {
+        fallback: ModelStage::new(&bundle, engine::open(&bundle, EngineKind::Tract).unwrap()),
+        fell_back: false,
+    };
+    let (server, stop_tx) = serve_in_process(&config, &session, Box::new(model), &bundle);
+    let mut early = Client::connect(&config.socket.path);
+    early.read();
+    assert_eq!(early.hello.as_ref().unwrap().engine, "broken-gpu");
+    early.read_until(Duration::from_secs(20), |c| {
+        c.views.len() >= 2 && c.statuses.last().is_some_and(|s| s.engine.name == "tract")
+    });
+    let status = early.statuses.last().unwrap();
+    // Three faults, a restart that did not help, three more, then the fallback.
+    assert_eq!(status.errors.engine, 6, "{status:?}");
+    assert_eq!(status.errors.engine_restarts, 2, "{status:?}");
+    assert_eq!(
+        status.engine.fallback.as_deref(),
+        Some("broken-gpu kept failing")
+    );
+    assert_eq!(status.state, "running");
+    let late = {
+        let mut c = Client::connect(&config.socket.path);
+        c.read();
+        c
+    };
+    assert_eq!(late.hello.as_ref().unwrap().engine, "tract");
+    stop_tx.send(()).unwrap();
+    assert!(server.join().unwrap().unwrap().beats_published >= 2);
 }

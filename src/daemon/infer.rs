@@ -8,7 +8,9 @@
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+use crate::bundle::Bundle;
 use crate::classify::BeatClassification;
+use crate::engine::{self, EngineKind};
 use crate::gate::Heartbeat;
 use crate::media::Frame;
 pub use crate::pipeline::ModelStage;
@@ -28,6 +30,81 @@ pub trait ClassifyBeat: Send {
         beat: &Heartbeat,
         frames: &[&Frame],
     ) -> Result<Option<BeatClassification>, PipelineError>;
+
+    /// Replaces an engine that keeps failing. `attempt` counts recoveries since the engine
+    /// last worked for a while: the first reopens the same engine (a fault may be transient:
+    /// a GPU reset, a driver hiccup), later ones fall back to tract, which runs everywhere.
+    /// On `Err` the old engine stays and the reason is reported.
+    fn recover(&mut self, attempt: u32) -> Result<Recovered, String> {
+        let _ = attempt;
+        Err("this classifier cannot reopen its engine".into())
+    }
+}
+
+/// The engine a recovery left running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Its name.
+    pub engine: &'static str,
+    /// Why it is not the engine configured, when it is the fallback.
+    pub fallback: Option<String>,
+}
+
+/// The daemon's classifier: the model stage, and what it takes to reopen its engine.
+pub struct RecoverableModel {
+    /// Preprocessing, feature cache, engine and head.
+    stage: ModelStage,
+    /// The bundle, to reopen the engine from.
+    bundle: Bundle,
+    /// The engine configured.
+    kind: EngineKind,
+}
+
+impl RecoverableModel {
+    /// `bundle` running on `kind`, opened now.
+    pub fn open(bundle: Bundle, kind: EngineKind) -> Result<RecoverableModel, engine::EngineError> {
+        let stage = ModelStage::new(&bundle, engine::open(&bundle, kind)?);
+        Ok(RecoverableModel {
+            stage,
+            bundle,
+            kind,
+        })
+    }
+}
+
+impl ClassifyBeat for RecoverableModel {
+    fn engine_name(&self) -> &'static str {
+        self.stage.engine_name()
+    }
+
+    fn classify(
+        &mut self,
+        beat: &Heartbeat,
+        frames: &[&Frame],
+    ) -> Result<Option<BeatClassification>, PipelineError> {
+        self.stage.classify(beat, frames)
+    }
+
+    fn recover(&mut self, attempt: u32) -> Result<Recovered, String> {
+        let kind = if attempt == 0 {
+            self.kind
+        } else {
+            EngineKind::Tract
+        };
+        let engine = engine::open(&self.bundle, kind).map_err(|e| e.to_string())?;
+        self.stage.replace_engine(engine);
+        let fallback = (kind != self.kind).then(|| {
+            format!(
+                "{} kept failing after a restart; running on {}",
+                self.kind.name(),
+                kind.name()
+            )
+        });
+        Ok(Recovered {
+            engine: kind.name(),
+            fallback,
+        })
+    }
 }
 
 impl ClassifyBeat for ModelStage {

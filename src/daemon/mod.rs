@@ -55,7 +55,7 @@ use crate::views::View;
 
 use self::config::{Config, ConfigError, PlayEcg, SourceKind};
 use self::gating::{BeatGating, GatedBeat, GatedEvent, GatingConfig, GatingStage};
-use self::infer::{ClassifyBeat, Mailbox, ModelStage};
+use self::infer::{ClassifyBeat, Mailbox, RecoverableModel};
 use self::live::{SerialSpec, SessionClock, VideoSpec};
 use self::log::{Level, RateLimited};
 use self::notify::{Notifier, NotifyState, Watchdog};
@@ -205,15 +205,9 @@ impl Daemon {
                 key: "model.engine".into(),
                 message,
             })?;
-        let engine = crate::engine::open(&bundle, kind)?;
-        let model = Box::new(ModelStage::new(&bundle, engine));
-        Ok(Daemon::new(
-            config,
-            sources,
-            model,
-            ModelIdentity::of(&bundle),
-            notifier,
-        ))
+        let identity = ModelIdentity::of(&bundle);
+        let model = Box::new(RecoverableModel::open(bundle, kind)?);
+        Ok(Daemon::new(config, sources, model, identity, notifier))
     }
 
     /// Records why the engine running is not the one asked for (reported in `status`).
@@ -245,6 +239,10 @@ impl Daemon {
             sources.len(),
         ));
         let hello = hello_line(&identity, engine_name, &config);
+        let greeting = {
+            let (identity, config) = (identity.clone(), config.clone());
+            Box::new(move |engine: &str| hello_line(&identity, engine, &config))
+        };
         let started = start_threads(&config, sources, model, &identity, &shared);
         let Started {
             threads,
@@ -272,6 +270,8 @@ impl Daemon {
         let hub = Hub::new(hello, ClientLimits::from(&config.socket), stop_rx);
         let mut server = Server {
             hub,
+            greeting,
+            greeted_engine: engine_name.to_string(),
             shared: shared.clone(),
             record: record_tx,
             notifier,
@@ -770,6 +770,7 @@ fn inference_thread(
     pulse: &Pulse,
 ) {
     let mut faults = RateLimited::new(Duration::from_secs(10));
+    let mut recovery = Recovery::default();
     loop {
         pulse.beat();
         if shared.stop.is_set() {
@@ -790,14 +791,17 @@ fn inference_thread(
             }
             Ok(Err(e)) => {
                 engine_fault(shared, &mut faults, format!("engine: {e}"));
+                recovery.failed(model.as_mut(), shared);
                 continue;
             }
             Err(_) => {
                 engine_fault(shared, &mut faults, "engine panicked on a beat".into());
+                recovery.failed(model.as_mut(), shared);
                 continue;
             }
         };
         faults.reset();
+        recovery.worked();
         let c = &classification;
         let stable = stabilizer.push(gated.beat.end_ns, c.label, c.confidence);
         Shared::count(&shared.counters.classified);
@@ -847,6 +851,74 @@ fn inference_thread(
 }
 
 /// Reports an engine fault: counted, shown, logged (rate-limited).
+/// Engine faults in a row before the engine is reopened.
+const FAULTS_BEFORE_RECOVERY: u32 = 3;
+/// Good beats after which an engine counts as working again, so a later run of faults
+/// restarts it again before falling back.
+const BEATS_TO_FORGIVE: u32 = 50;
+
+/// When to replace a failing engine: after [`FAULTS_BEFORE_RECOVERY`] faults in a row, first
+/// by reopening it, then by falling back (see [`ClassifyBeat::recover`]).
+#[derive(Debug, Default)]
+struct Recovery {
+    /// Faults since the last good beat.
+    in_a_row: u32,
+    /// Recoveries since the engine last worked for [`BEATS_TO_FORGIVE`] beats.
+    attempts: u32,
+    /// Good beats since the last recovery.
+    good: u32,
+}
+
+impl Recovery {
+    /// A beat failed; recovers the engine when enough have failed in a row.
+    fn failed(&mut self, model: &mut dyn ClassifyBeat, shared: &Shared) {
+        self.in_a_row += 1;
+        if self.in_a_row < FAULTS_BEFORE_RECOVERY {
+            return;
+        }
+        self.in_a_row = 0;
+        self.good = 0;
+        match model.recover(self.attempts) {
+            Ok(recovered) => {
+                log::log(
+                    Level::Warning,
+                    format_args!(
+                        "engine failed {FAULTS_BEFORE_RECOVERY} beats in a row; {} {}",
+                        if recovered.fallback.is_some() {
+                            "fell back to"
+                        } else {
+                            "restarted"
+                        },
+                        recovered.engine
+                    ),
+                );
+                Shared::count(&shared.counters.engine_restarts);
+                shared.set_engine(EngineStatus {
+                    name: recovered.engine.to_string(),
+                    fallback: recovered.fallback,
+                });
+            }
+            Err(reason) => {
+                shared.error(format!("engine could not be reopened: {reason}"));
+                log::log(
+                    Level::Error,
+                    format_args!("engine could not be reopened: {reason}"),
+                );
+            }
+        }
+        self.attempts += 1;
+    }
+
+    /// A beat was classified.
+    fn worked(&mut self) {
+        self.in_a_row = 0;
+        self.good += 1;
+        if self.good >= BEATS_TO_FORGIVE {
+            self.attempts = 0;
+        }
+    }
+}
+
 fn engine_fault(shared: &Shared, faults: &mut RateLimited, message: String) {
     Shared::count(&shared.counters.err_engine);
     shared.error(message.clone());
@@ -902,6 +974,10 @@ fn recorder_thread(
 struct Server {
     /// The clients.
     hub: Hub,
+    /// Makes the `hello` line for an engine, for when a recovery changes it.
+    greeting: Box<dyn Fn(&str) -> String + Send>,
+    /// The engine named in the `hello` new clients get.
+    greeted_engine: String,
     /// Counters and states.
     shared: Arc<Shared>,
     /// Where published views are recorded, if recording.
@@ -954,6 +1030,10 @@ impl Server {
                 _ = status_tick.tick() => {
                     let clients = self.hub.len() as u64;
                     let status = self.shared.status(&mut memo, clients, self.stall);
+                    if status.engine.name != self.greeted_engine {
+                        self.hub.set_hello((self.greeting)(&status.engine.name));
+                        self.greeted_engine = status.engine.name.clone();
+                    }
                     let summary = format!(
                         "{}: {} beats, gating {}, {} clients",
                         status.state, status.beats.classified, status.gating, clients

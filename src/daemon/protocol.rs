@@ -337,6 +337,10 @@ pub struct Drops {
 pub struct Errors {
     /// Beats the engine failed on.
     pub engine: u64,
+    /// Times a failing engine was reopened or replaced by the fallback (`engine` says which
+    /// runs now). Added in protocol 1 without a version change: old readers ignore it.
+    #[serde(default)]
+    pub engine_restarts: u64,
     /// Source failures (open or read).
     pub source: u64,
     /// Recording failures.

@@ -120,6 +120,8 @@ pub struct Counters {
     pub drop_clients: AtomicU64,
     /// Engine failures.
     pub err_engine: AtomicU64,
+    /// Engine recoveries (reopened or replaced).
+    pub engine_restarts: AtomicU64,
     /// Source failures.
     pub err_source: AtomicU64,
     /// Recording failures.
@@ -151,8 +153,8 @@ pub struct Shared {
     last_error: Mutex<Option<String>>,
     /// The recorder's state.
     recording: Mutex<RecordingStatus>,
-    /// The engine's status (fixed at start).
-    engine: EngineStatus,
+    /// The engine's status; changes when a failing engine is restarted or replaced.
+    engine: Mutex<EngineStatus>,
     /// Progress markers of the pipeline's threads, by name.
     pulses: Mutex<Vec<(String, Arc<AtomicU64>)>>,
 }
@@ -186,9 +188,19 @@ impl Shared {
                 state: "off".into(),
                 ..RecordingStatus::default()
             }),
-            engine,
+            engine: Mutex::new(engine),
             pulses: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The engine running now.
+    pub fn engine(&self) -> EngineStatus {
+        lock(&self.engine).clone()
+    }
+
+    /// Records the engine a recovery left running.
+    pub fn set_engine(&self, engine: EngineStatus) {
+        *lock(&self.engine) = engine;
     }
 
     /// Milliseconds since start.
@@ -299,7 +311,7 @@ impl Shared {
                 error: ecg_info.error,
             },
             gating: mode.into(),
-            engine: self.engine.clone(),
+            engine: self.engine(),
             beats: BeatCounts {
                 classified: get(&c.classified),
                 unknown: get(&c.unknown),
@@ -315,6 +327,7 @@ impl Shared {
             },
             errors: Errors {
                 engine: get(&c.err_engine),
+                engine_restarts: get(&c.engine_restarts),
                 source: get(&c.err_source),
                 record: get(&c.err_record),
                 ecg: get(&c.err_ecg),

@@ -182,6 +182,11 @@ impl Hub {
         }
     }
 
+    /// Greets clients connecting from now on with `hello` (the engine changed).
+    pub fn set_hello(&mut self, hello: String) {
+        self.hello = hello.into();
+    }
+
     /// Clients connected now.
     pub fn len(&mut self) -> usize {
         self.clients.retain(|c| !c.tx.is_closed());
