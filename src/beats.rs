@@ -216,6 +216,24 @@ impl BeatCutter {
             .collect()
     }
 
+    /// The held frame nearest to `t_ns`, by the gate's rule (the closer of the frames either
+    /// side of it), so a frame picked ahead of time is the one the gate will pick.
+    pub fn frame_near(&self, t_ns: u64) -> Option<&Frame> {
+        let after = self.frames.partition_point(|f| f.t_ns < t_ns);
+        [
+            after.checked_sub(1).and_then(|i| self.frames.get(i)),
+            self.frames.get(after),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|f| f.t_ns.abs_diff(t_ns))
+    }
+
+    /// Capture time of the newest frame held.
+    pub fn latest_frame_ns(&self) -> Option<u64> {
+        self.frames.back().map(|f| f.t_ns)
+    }
+
     fn push_frame(&mut self, frame: Frame) {
         self.stats.frames += 1;
         // Out-of-order frames cannot be placed; the gate ignores them too.

@@ -2,24 +2,16 @@
 //! turn logits into a label or `unknown`.
 //!
 //! The encoder is by far the expensive part, so features are cached by frame: a frame picked
-//! by two beats (slow video, fast heart) is encoded once, and a later speculative encoder can
-//! fill the cache before a beat closes. The cache key includes the beat's crop and mask,
-//! because the same frame preprocessed under another mask is a different input.
+//! by two beats (slow video, fast heart) is encoded once, and the daemon encodes frames ahead
+//! of their beat's end into the cache (`daemon::lookahead`). An entry is found by the frame's
+//! number and matches only if the encoder input is bit for bit the same, because the same
+//! frame under another crop or mask is a different input: a cached feature is always exactly
+//! what encoding the beat's own tensor would give.
 
 use std::collections::VecDeque;
 
 use crate::engine::{Engine, EngineError};
-use crate::preprocess::BeatRegion;
 use crate::views::View;
-
-/// Identifies one preprocessed frame: which frame, under which crop and mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FeatureKey {
-    /// Capture sequence number of the frame.
-    pub seq: u64,
-    /// The crop and mask it was preprocessed under.
-    pub region: BeatRegion,
-}
 
 /// A beat's label: a view, or `unknown` when the model is not confident enough.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,10 +53,20 @@ pub struct BeatClassification {
 #[derive(Debug)]
 pub struct FeatureCache {
     /// Entries in insertion order; the oldest is evicted first.
-    entries: VecDeque<(FeatureKey, Vec<f32>)>,
-    /// Most entries kept: two beats' worth covers every frame a new beat can share with an
-    /// old one.
+    entries: VecDeque<CacheEntry>,
+    /// Most entries kept.
     capacity: usize,
+}
+
+/// One encoded frame.
+#[derive(Debug)]
+struct CacheEntry {
+    /// Capture sequence number of the frame.
+    seq: u64,
+    /// The encoder input it was encoded from.
+    tensor: Vec<f32>,
+    /// The encoder's output.
+    features: Vec<f32>,
 }
 
 impl FeatureCache {
@@ -76,25 +78,34 @@ impl FeatureCache {
         }
     }
 
-    /// The cached features of `key`, if any.
-    pub fn get(&self, key: &FeatureKey) -> Option<&[f32]> {
+    /// The cached features of frame `seq` encoded from exactly `tensor`, if any.
+    pub fn get(&self, seq: u64, tensor: &[f32]) -> Option<&[f32]> {
         self.entries
             .iter()
             .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_slice())
+            .find(|e| e.seq == seq && same_bits(&e.tensor, tensor))
+            .map(|e| e.features.as_slice())
     }
 
-    /// Stores features, evicting the oldest entry when full and reusing its buffer.
-    pub fn insert(&mut self, key: FeatureKey, features: &[f32]) {
-        let mut buf = if self.entries.len() == self.capacity {
-            self.entries.pop_front().map(|(_, v)| v).unwrap_or_default()
+    /// Stores features, evicting the oldest entry when full and reusing its buffers, so a
+    /// warm cache allocates nothing.
+    pub fn insert(&mut self, seq: u64, tensor: &[f32], features: &[f32]) {
+        let mut entry = if self.entries.len() == self.capacity {
+            self.entries.pop_front()
         } else {
-            Vec::with_capacity(features.len())
-        };
-        buf.clear();
-        buf.extend_from_slice(features);
-        self.entries.push_back((key, buf));
+            None
+        }
+        .unwrap_or_else(|| CacheEntry {
+            seq,
+            tensor: Vec::with_capacity(tensor.len()),
+            features: Vec::with_capacity(features.len()),
+        });
+        entry.seq = seq;
+        entry.tensor.clear();
+        entry.tensor.extend_from_slice(tensor);
+        entry.features.clear();
+        entry.features.extend_from_slice(features);
+        self.entries.push_back(entry);
     }
 
     /// Number of cached vectors.
@@ -107,6 +118,16 @@ impl FeatureCache {
         self.entries.is_empty()
     }
 }
+
+/// Whether two tensors are bit for bit equal (so `NaN` matches itself and `-0.0` does not
+/// match `0.0`: the question is whether the encoder sees the same input).
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// Cache entries per frame of a beat: the last beat's frames, the open beat's frames encoded
+/// ahead, and room for a prediction that missed.
+const CACHE_BEATS: usize = 3;
 
 /// Encoder + head + reject rule, around one engine.
 pub struct Classifier {
@@ -144,7 +165,7 @@ impl Classifier {
             reject_threshold,
             frames_per_beat,
             feature_dim,
-            cache: FeatureCache::new(2 * frames_per_beat),
+            cache: FeatureCache::new(CACHE_BEATS * frames_per_beat),
             beat_features: vec![0.0; frames_per_beat * feature_dim],
             frame_features: vec![0.0; feature_dim],
         }
@@ -159,38 +180,49 @@ impl Classifier {
     /// features came from the old engine and are dropped, so no beat mixes the two.
     pub fn replace_engine(&mut self, engine: Box<dyn Engine>) {
         self.engine = engine;
-        self.cache = FeatureCache::new(2 * self.frames_per_beat);
+        self.cache = FeatureCache::new(CACHE_BEATS * self.frames_per_beat);
     }
 
-    /// Classifies a beat: `keys[i]` identifies frame i and `tensors` holds the T preprocessed
-    /// frames back to back (`tensor_len` floats each). Frames already in the cache are not
-    /// encoded again.
+    /// Encodes frame `seq` from `tensor` into the cache unless it is there already; `true`
+    /// when the encoder ran. For frames expected in a beat that has not closed yet.
+    pub fn encode_ahead(&mut self, seq: u64, tensor: &[f32]) -> Result<bool, EngineError> {
+        if self.cache.get(seq, tensor).is_some() {
+            return Ok(false);
+        }
+        self.engine.encode(tensor, &mut self.frame_features)?;
+        self.cache.insert(seq, tensor, &self.frame_features);
+        Ok(true)
+    }
+
+    /// Classifies a beat: `seqs[i]` is frame i's sequence number and `tensors` holds the T
+    /// preprocessed frames back to back (`tensor_len` floats each). Frames already in the
+    /// cache with the same tensor are not encoded again.
     pub fn classify(
         &mut self,
-        keys: &[FeatureKey],
+        seqs: &[u64],
         tensors: &[f32],
     ) -> Result<BeatClassification, EngineError> {
-        if keys.len() != self.frames_per_beat {
+        if seqs.len() != self.frames_per_beat {
             return Err(EngineError::BadLength {
                 what: "gated frames",
                 expected: self.frames_per_beat,
-                actual: keys.len(),
+                actual: seqs.len(),
             });
         }
-        let tensor_len = tensors.len() / keys.len();
+        let tensor_len = tensors.len() / seqs.len();
         let d = self.feature_dim;
         let mut frames_encoded = 0;
-        for (i, key) in keys.iter().enumerate() {
+        for (i, &seq) in seqs.iter().enumerate() {
             let dst = &mut self.beat_features[i * d..(i + 1) * d];
-            if let Some(cached) = self.cache.get(key) {
+            let image = &tensors[i * tensor_len..(i + 1) * tensor_len];
+            if let Some(cached) = self.cache.get(seq, image) {
                 dst.copy_from_slice(cached);
                 continue;
             }
-            let image = &tensors[i * tensor_len..(i + 1) * tensor_len];
             self.engine.encode(image, &mut self.frame_features)?;
             frames_encoded += 1;
             dst.copy_from_slice(&self.frame_features);
-            self.cache.insert(*key, &self.frame_features);
+            self.cache.insert(seq, image, &self.frame_features);
         }
         let head = self.engine.head(&self.beat_features)?;
         if head.logits.len() != self.labels.len() {
@@ -235,7 +267,6 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::engine::HeadOutput;
-    use crate::preprocess::Rect;
 
     /// An engine with arithmetic "networks": the feature of a frame is its mean pixel, and the
     /// head puts `scale * mean feature` on the class picked by the first frame's feature.
@@ -267,21 +298,6 @@ mod tests {
         }
     }
 
-    fn key(seq: u64) -> FeatureKey {
-        FeatureKey {
-            seq,
-            region: BeatRegion {
-                crop: Rect {
-                    x: 0,
-                    y: 0,
-                    width: 4,
-                    height: 4,
-                },
-                mask_fingerprint: 7,
-            },
-        }
-    }
-
     fn classifier(scale: f32, threshold: f32) -> Classifier {
         let engine = ArithmeticEngine {
             encodes: 0,
@@ -301,62 +317,66 @@ mod tests {
     fn confident_beats_get_a_view_and_weak_ones_unknown() {
         let tensors = [1.0, 1.0, 1.0, 1.0];
         let mut sure = classifier(10.0, 0.6);
-        let c = sure.classify(&[key(1), key(2)], &tensors).unwrap();
+        let c = sure.classify(&[1, 2], &tensors).unwrap();
         assert_eq!(c.label, Label::View(View::A4c));
         assert!(c.confidence > 0.99);
         assert_eq!(c.alpha, 0.25);
         assert!((c.probs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
 
         let mut unsure = classifier(0.5, 0.6);
-        let c = unsure.classify(&[key(1), key(2)], &tensors).unwrap();
+        let c = unsure.classify(&[1, 2], &tensors).unwrap();
         assert_eq!((c.label, c.top), (Label::Unknown, View::A4c));
         assert_eq!(c.label.name(), "unknown");
     }
 
     #[test]
-    fn a_frame_is_encoded_once_per_region() {
+    fn a_frame_is_encoded_once_per_input() {
         let mut c = classifier(10.0, 0.5);
         let tensors = [2.0; 4];
+        assert_eq!(c.classify(&[1, 2], &tensors).unwrap().frames_encoded, 2);
+        // Frame 2 again with the same tensor: cached. Frame 3 is new.
+        assert_eq!(c.classify(&[2, 3], &tensors).unwrap().frames_encoded, 1);
+        // Frame 3 preprocessed differently (another crop or mask) must be encoded again.
         assert_eq!(
-            c.classify(&[key(1), key(2)], &tensors)
-                .unwrap()
-                .frames_encoded,
-            2
-        );
-        // Frame 2 again under the same region: cached. Frame 3 is new.
-        assert_eq!(
-            c.classify(&[key(2), key(3)], &tensors)
+            c.classify(&[3, 2], &[2.5, 2.0, 2.0, 2.0])
                 .unwrap()
                 .frames_encoded,
             1
         );
-        // Frame 3 under another mask must be encoded again.
-        let mut other = key(3);
-        other.region.mask_fingerprint = 9;
-        assert_eq!(
-            c.classify(&[other, key(3)], &tensors)
-                .unwrap()
-                .frames_encoded,
-            1
-        );
+    }
+
+    #[test]
+    fn frames_encoded_ahead_are_not_encoded_again() {
+        let mut c = classifier(10.0, 0.5);
+        assert!(c.encode_ahead(5, &[1.0, 1.0]).unwrap());
+        assert!(!c.encode_ahead(5, &[1.0, 1.0]).unwrap(), "already cached");
+        assert!(c.encode_ahead(6, &[1.0, 1.0]).unwrap());
+        let ahead = c.classify(&[5, 6], &[1.0; 4]).unwrap();
+        assert_eq!(ahead.frames_encoded, 0);
+        // The same result as encoding at the beat's end.
+        let mut fresh = classifier(10.0, 0.5);
+        let now = fresh.classify(&[5, 6], &[1.0; 4]).unwrap();
+        assert_eq!(now.frames_encoded, 2);
+        assert_eq!((now.probs, now.label), (ahead.probs, ahead.label));
     }
 
     #[test]
     fn cache_is_bounded_and_evicts_oldest() {
         let mut cache = FeatureCache::new(3);
         for seq in 0..10 {
-            cache.insert(key(seq), &[seq as f32]);
+            cache.insert(seq, &[0.5], &[seq as f32]);
         }
         assert_eq!(cache.len(), 3);
-        assert!(cache.get(&key(6)).is_none());
-        assert_eq!(cache.get(&key(9)), Some(&[9.0][..]));
+        assert!(cache.get(6, &[0.5]).is_none());
+        assert_eq!(cache.get(9, &[0.5]), Some(&[9.0][..]));
+        assert!(cache.get(9, &[-0.5]).is_none(), "another input");
     }
 
     #[test]
     fn wrong_frame_count_is_an_error() {
         let mut c = classifier(1.0, 0.5);
         assert!(matches!(
-            c.classify(&[key(1)], &[0.0; 2]),
+            c.classify(&[1], &[0.0; 2]),
             Err(EngineError::BadLength {
                 what: "gated frames",
                 ..

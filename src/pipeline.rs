@@ -8,7 +8,7 @@
 
 use crate::beats::{BeatCutter, CutEvent, CutStats};
 use crate::bundle::Bundle;
-use crate::classify::{BeatClassification, Classifier, FeatureKey, Label};
+use crate::classify::{BeatClassification, Classifier, Label};
 use crate::ecg::EcgError;
 use crate::engine::{Engine, EngineError};
 use crate::gate::{Heartbeat, SkipReason, SkippedBeat};
@@ -165,6 +165,8 @@ pub struct ModelStage {
     preprocessor: Preprocessor,
     /// The beat's tensors, reused.
     tensors: Vec<f32>,
+    /// The beat's frame numbers, reused.
+    seqs: Vec<u64>,
     /// Encoder, head and reject rule.
     classifier: Classifier,
 }
@@ -178,6 +180,7 @@ impl ModelStage {
         ModelStage {
             preprocessor,
             tensors,
+            seqs: Vec::with_capacity(t),
             classifier: Classifier::new(
                 engine,
                 bundle.labels.clone(),
@@ -205,19 +208,37 @@ impl ModelStage {
         beat: &Heartbeat,
         frames: &[&Frame],
     ) -> Result<Option<BeatClassification>, PipelineError> {
-        let region = match self.preprocessor.prepare_beat(frames, &mut self.tensors) {
-            Ok(region) => region,
+        match self.preprocessor.prepare_beat(frames, &mut self.tensors) {
+            Ok(_) => {}
             Err(PreprocessError::BadFrame(_) | PreprocessError::Inconsistent { .. }) => {
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),
-        };
-        let keys: Vec<FeatureKey> = beat
-            .frames
-            .iter()
-            .map(|s| FeatureKey { seq: s.seq, region })
-            .collect();
-        Ok(Some(self.classifier.classify(&keys, &self.tensors)?))
+        }
+        self.seqs.clear();
+        self.seqs.extend(beat.frames.iter().map(|s| s.seq));
+        Ok(Some(self.classifier.classify(&self.seqs, &self.tensors)?))
+    }
+
+    /// Encodes `frame` into the feature cache ahead of its beat, preprocessed under the
+    /// region of the last beat classified (a probe held still keeps its region, so the beat
+    /// will most likely give the frame the very same tensor, and find it cached). `Ok(false)`
+    /// when nothing was encoded: no beat yet, the frame is unusable, or it is cached already.
+    pub fn encode_ahead(&mut self, frame: &Frame) -> Result<bool, PipelineError> {
+        let len = self.preprocessor.tensor_len();
+        let tensor = &mut self.tensors[..len];
+        match self
+            .preprocessor
+            .prepare_frame_like_last_beat(frame, tensor)
+        {
+            Ok(true) => {}
+            Ok(false)
+            | Err(PreprocessError::BadFrame(_) | PreprocessError::Inconsistent { .. }) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(self.classifier.encode_ahead(frame.seq, tensor)?)
     }
 }
 

@@ -4,7 +4,9 @@
 //! of pixels that change across the beat (the ultrasound sector moves, the cart's text and
 //! logos do not); zero the pixels that never change (burned-in overlays), so the model cannot
 //! learn a cart's annotations instead of the anatomy; crop; resize to the model's input size;
-//! normalise with the manifest's mean and std.
+//! normalise with the manifest's mean and std. A beat whose region is the same as the last
+//! beat's but for a few pixels keeps the last beat's ([`ImageRegion::same_as`]), so a probe
+//! held still gives every frame one preparation, which frames encoded ahead rely on.
 //!
 //! Training clips are cut by this same code (`echoview clips`), so the model sees at run time
 //! exactly what it saw in training.
@@ -30,6 +32,19 @@ use crate::media::{Frame, PixelFormat};
 /// Fewer changing pixels than this fraction of the frame means the video is frozen or blank:
 /// then the whole frame is used unmasked, since a mask would erase everything.
 const MIN_CHANGING_FRACTION: f64 = 0.01;
+
+/// Masks of consecutive beats that differ in fewer than this fraction of the crop's pixels
+/// count as the same region, and the later beat keeps the earlier one. The overlay has not
+/// changed; what differs are sector pixels that happened to keep their value through one
+/// beat (about 2% of the crop on the simulator, beat to beat). Keeping the region makes
+/// consecutive beats prepare a frame identically, so frames prepared ahead of a beat under
+/// the last beat's region are exactly the ones the beat needs (`daemon::lookahead`).
+const SAME_MASK_FRACTION: f64 = 0.05;
+
+/// Beats a kept region may serve before a beat's own region replaces it anyway, so that an
+/// overlay appearing inside the crop (too small to count as a change) is masked within a
+/// few seconds. It costs the frames encoded ahead of that one beat.
+const MAX_REGION_BEATS: u32 = 8;
 
 /// BT.601 luma weights in 1/65536, as libjpeg's RGB to YCbCr conversion rounds them; they sum
 /// to 65536, so R = G = B = v gives exactly v.
@@ -224,6 +239,20 @@ impl ImageRegion {
         self.mask.is_some()
     }
 
+    /// Whether `other` is, for preprocessing, the same region: the same crop, and masks that
+    /// differ in fewer than [`SAME_MASK_FRACTION`] of its pixels.
+    pub fn same_as(&self, other: &ImageRegion) -> bool {
+        if self.crop != other.crop {
+            return false;
+        }
+        let differing = match (&self.mask, &other.mask) {
+            (None, None) => 0,
+            (Some(a), Some(b)) => a.iter().zip(b).filter(|(x, y)| x != y).count(),
+            _ => return false,
+        };
+        (differing as f64) < SAME_MASK_FRACTION * self.crop.area() as f64
+    }
+
     /// The identity of this region for the feature cache.
     pub fn key(&self) -> BeatRegion {
         BeatRegion {
@@ -249,6 +278,11 @@ pub struct Preprocessor {
     decoded: Vec<u8>,
     /// The resized plane of one frame, reused.
     resized: Image<'static>,
+    /// The region of the last beat prepared, for preparing frames of the next one before it
+    /// closes.
+    last_region: Option<ImageRegion>,
+    /// Beats `last_region` has served, up to [`MAX_REGION_BEATS`].
+    region_beats: u32,
 }
 
 impl Preprocessor {
@@ -263,6 +297,8 @@ impl Preprocessor {
             crop_buf: Vec::new(),
             decoded: Vec::new(),
             resized,
+            last_region: None,
+            region_beats: 0,
         }
     }
 
@@ -281,12 +317,16 @@ impl Preprocessor {
         let (scale, offset) = self.normalisation();
         let len = self.tensor_len();
         check_output(frames.len(), len, out.len())?;
-        let region = self.analyse(frames)?;
-        for (i, frame) in frames.iter().enumerate() {
-            let pixels = self.resize_grey(i, frame.width, &region)?;
-            normalise(pixels, scale, offset, &mut out[i * len..(i + 1) * len]);
-        }
-        Ok(region.key())
+        let region = self.settle_region(frames)?;
+        let result = (|| {
+            for (i, frame) in frames.iter().enumerate() {
+                let pixels = self.resize_grey(i, frame.width, &region)?;
+                normalise(pixels, scale, offset, &mut out[i * len..(i + 1) * len]);
+            }
+            Ok(region.key())
+        })();
+        self.last_region = Some(region);
+        result
     }
 
     /// Preprocesses one beat up to, not including, normalisation: `out` receives
@@ -299,12 +339,33 @@ impl Preprocessor {
     ) -> Result<BeatRegion, PreprocessError> {
         let len = self.tensor_len();
         check_output(frames.len(), len, out.len())?;
-        let region = self.analyse(frames)?;
-        for (i, frame) in frames.iter().enumerate() {
-            let pixels = self.resize_grey(i, frame.width, &region)?;
-            out[i * len..(i + 1) * len].copy_from_slice(pixels);
-        }
-        Ok(region.key())
+        let region = self.settle_region(frames)?;
+        let result = (|| {
+            for (i, frame) in frames.iter().enumerate() {
+                let pixels = self.resize_grey(i, frame.width, &region)?;
+                out[i * len..(i + 1) * len].copy_from_slice(pixels);
+            }
+            Ok(region.key())
+        })();
+        self.last_region = Some(region);
+        result
+    }
+
+    /// The region a beat is prepared under: its own, unless it is the same as the last
+    /// beat's (see [`SAME_MASK_FRACTION`]), in which case the last beat's, unchanged. Taken
+    /// out of `last_region`; the caller puts it back.
+    fn settle_region(&mut self, frames: &[&Frame]) -> Result<ImageRegion, PreprocessError> {
+        let own = self.analyse(frames)?;
+        Ok(match self.last_region.take() {
+            Some(last) if self.region_beats < MAX_REGION_BEATS && last.same_as(&own) => {
+                self.region_beats += 1;
+                last
+            }
+            _ => {
+                self.region_beats = 1;
+                own
+            }
+        })
     }
 
     /// The region and mask [`Self::prepare_beat`] would apply to these frames, for preparing
@@ -342,6 +403,27 @@ impl Preprocessor {
         let len = self.tensor_len();
         out[..len].copy_from_slice(self.resize_frame(frame, region)?);
         Ok(())
+    }
+
+    /// Prepares one frame as [`Self::prepare_frame`] does, under the region of the last beat
+    /// [`Self::prepare_beat`] prepared; `Ok(false)` (and `out` untouched) before any beat or
+    /// when the frame's size no longer fits that region.
+    pub fn prepare_frame_like_last_beat(
+        &mut self,
+        frame: &Frame,
+        out: &mut [f32],
+    ) -> Result<bool, PreprocessError> {
+        let Some(region) = self.last_region.take() else {
+            return Ok(false);
+        };
+        let fits = region.crop().fits(frame.width, frame.height);
+        let result = if fits {
+            self.prepare_frame(frame, &region, out).map(|()| true)
+        } else {
+            Ok(false)
+        };
+        self.last_region = Some(region);
+        result
     }
 
     /// `(scale, offset)` such that a pixel `p` normalises to `p * scale - offset`.

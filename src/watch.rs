@@ -248,6 +248,8 @@ mod tests {
             gating: "ecg".into(),
             hr_bpm: Some(75.0),
             latency_ms: 420.0,
+            inference_ms: 30.0,
+            encoded_at_cut: 1,
             truth: Some("A4C".into()),
         }
     }

@@ -286,6 +286,7 @@ fn plays_video_with_a_pty_ecg_to_three_clients_survives_a_stalled_one_and_stops_
     assert_eq!(b.hello, a.hello);
 
     let mut latencies = Vec::new();
+    let mut encoded_at_cut = Vec::new();
     for v in a.views.iter().chain(&b.views) {
         assert!(hello.labels.contains(&v.label), "{v:?}");
         assert!(hello.labels.contains(&v.stable), "{v:?}");
@@ -300,12 +301,18 @@ fn plays_video_with_a_pty_ecg_to_three_clients_survives_a_stalled_one_and_stops_
         assert!(matches!(v.truth.as_deref(), Some("PLAX" | "A4C")), "{v:?}");
         assert!(v.latency_ms > 0.0 && v.latency_ms < 3000.0, "{v:?}");
         latencies.push(v.latency_ms);
+        assert!(
+            v.inference_ms > 0.0 && v.inference_ms <= v.latency_ms,
+            "{v:?}"
+        );
+        encoded_at_cut.push(v.encoded_at_cut);
     }
     // Both clients see the same beats, in order.
     let beats = |c: &Client| c.views.iter().map(|v| v.beat).collect::<Vec<_>>();
     assert!(beats(&a).windows(2).all(|w| w[0] < w[1]));
     let common = beats(&a).len().min(beats(&b).len());
     assert_eq!(beats(&a)[..common], beats(&b)[..common]);
+    eprintln!("frames encoded after the cut, per beat: {encoded_at_cut:?}");
     latencies.sort_by(f64::total_cmp);
     eprintln!(
         "label latency (beat end delivered -> published), {} beats: median {:.0} ms, max {:.0} ms",

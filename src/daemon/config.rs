@@ -451,6 +451,9 @@ pub struct PipelineSection {
     /// A thread that has not made progress for this many seconds is wedged: the watchdog
     /// stops being fed and the status says `stalled`.
     pub stall_s: f64,
+    /// Encode the frames the open beat will most likely pick while waiting for it to close
+    /// (`daemon::lookahead`); off only to measure what it saves.
+    pub lookahead: bool,
 }
 
 impl Default for PipelineSection {
@@ -459,6 +462,7 @@ impl Default for PipelineSection {
             input_queue: 64,
             record_queue: 256,
             stall_s: 5.0,
+            lookahead: true,
         }
     }
 }

@@ -192,6 +192,16 @@ impl GatingStage {
         self.cutter.stats()
     }
 
+    /// The held frame nearest to `t_ns` (see [`BeatCutter::frame_near`]).
+    pub fn frame_near(&self, t_ns: u64) -> Option<&Frame> {
+        self.cutter.frame_near(t_ns)
+    }
+
+    /// Capture time of the newest frame held.
+    pub fn latest_frame_ns(&self) -> Option<u64> {
+        self.cutter.latest_frame_ns()
+    }
+
     /// How beats are being cut now.
     pub fn mode(&self) -> Mode {
         match (self.latest_frame_ns, &self.time_gate) {

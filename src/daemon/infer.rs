@@ -1,10 +1,12 @@
-//! The inference side: what classifies a gated beat, and the one-beat mailbox that feeds it.
+//! The inference side: what classifies a gated beat, and the inbox that feeds it.
 //!
 //! Inference is the slow stage. When it falls behind, an old beat is worth less than a fresh
-//! one (the probe has moved on), so the gating thread posts each beat into a single-slot
-//! [`Mailbox`]: a beat not yet taken is replaced by the newer one and counted as dropped,
-//! and inference always works on the freshest beat.
+//! one (the probe has moved on), so the gating thread posts each beat into a single slot of
+//! the [`Inbox`]: a beat not yet taken is replaced by the newer one and counted as dropped,
+//! and inference always works on the freshest beat. In idle time it encodes frames of the
+//! beat still open, ahead of its end (`daemon::lookahead`).
 
+use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -35,6 +37,14 @@ pub trait ClassifyBeat: Send {
     /// last worked for a while: the first reopens the same engine (a fault may be transient:
     /// a GPU reset, a driver hiccup), later ones fall back to tract, which runs everywhere.
     /// On `Err` the old engine stays and the reason is reported.
+    /// Encodes `frame` ahead of the end of the beat it is expected in (see
+    /// `daemon::lookahead`); `Ok(true)` when the encoder ran. Classifiers without a feature
+    /// cache do nothing.
+    fn encode_ahead(&mut self, frame: &Frame) -> Result<bool, PipelineError> {
+        let _ = frame;
+        Ok(false)
+    }
+
     fn recover(&mut self, attempt: u32) -> Result<Recovered, String> {
         let _ = attempt;
         Err("this classifier cannot reopen its engine".into())
@@ -85,6 +95,10 @@ impl ClassifyBeat for RecoverableModel {
         self.stage.classify(beat, frames)
     }
 
+    fn encode_ahead(&mut self, frame: &Frame) -> Result<bool, PipelineError> {
+        self.stage.encode_ahead(frame)
+    }
+
     fn recover(&mut self, attempt: u32) -> Result<Recovered, String> {
         let kind = if attempt == 0 {
             self.kind
@@ -119,42 +133,79 @@ impl ClassifyBeat for ModelStage {
     ) -> Result<Option<BeatClassification>, PipelineError> {
         ModelStage::classify(self, beat, frames)
     }
-}
 
-/// A single-slot mailbox where the newest item replaces one not yet taken.
-#[derive(Debug)]
-pub struct Mailbox<T> {
-    /// The waiting item.
-    slot: Mutex<Option<T>>,
-    /// Signalled when an item is posted.
-    posted: Condvar,
-}
-
-impl<T> Default for Mailbox<T> {
-    fn default() -> Self {
-        Mailbox {
-            slot: Mutex::new(None),
-            posted: Condvar::new(),
-        }
+    fn encode_ahead(&mut self, frame: &Frame) -> Result<bool, PipelineError> {
+        ModelStage::encode_ahead(self, frame)
     }
 }
 
-impl<T> Mailbox<T> {
-    /// Posts `item`; returns `true` when it replaced an item nobody had taken.
-    pub fn post(&self, item: T) -> bool {
-        let replaced = lock(&self.slot).replace(item).is_some();
+/// What the inference thread works on next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Task<B, A> {
+    /// A closed beat to classify.
+    Beat(B),
+    /// A frame to encode ahead of its beat (see `daemon::lookahead`).
+    Ahead(A),
+}
+
+/// The inference thread's inbox: one slot for the freshest closed beat, where a newer beat
+/// replaces one not yet taken, and a short queue of frames to encode ahead in idle time,
+/// where the oldest is dropped when it is full. Beats always come first: a frame encoded
+/// ahead is worth something only if it does not delay a beat.
+#[derive(Debug)]
+pub struct Inbox<B, A> {
+    /// The waiting beat and frames.
+    state: Mutex<(Option<B>, VecDeque<A>)>,
+    /// Signalled when anything is posted.
+    posted: Condvar,
+    /// Most frames waiting to be encoded ahead.
+    ahead_capacity: usize,
+}
+
+impl<B, A> Inbox<B, A> {
+    /// An empty inbox holding up to `ahead_capacity` frames to encode ahead.
+    pub fn new(ahead_capacity: usize) -> Inbox<B, A> {
+        Inbox {
+            state: Mutex::new((None, VecDeque::new())),
+            posted: Condvar::new(),
+            ahead_capacity,
+        }
+    }
+
+    /// Posts a beat; returns `true` when it replaced a beat nobody had taken.
+    pub fn post_beat(&self, beat: B) -> bool {
+        let replaced = lock(&self.state).0.replace(beat).is_some();
         self.posted.notify_one();
         replaced
     }
 
-    /// Takes the item, waiting up to `timeout` for one.
-    pub fn take(&self, timeout: Duration) -> Option<T> {
-        let slot = lock(&self.slot);
-        let (mut slot, _) = self
+    /// Posts a frame to encode ahead; returns `true` when the oldest waiting one was dropped
+    /// to make room (inference has no idle time to spare).
+    pub fn post_ahead(&self, frame: A) -> bool {
+        let mut state = lock(&self.state);
+        let full = self.ahead_capacity == 0 || state.1.len() >= self.ahead_capacity;
+        if full {
+            state.1.pop_front();
+        }
+        if self.ahead_capacity > 0 {
+            state.1.push_back(frame);
+        }
+        drop(state);
+        self.posted.notify_one();
+        full
+    }
+
+    /// The next task, beats first, waiting up to `timeout` for one.
+    pub fn take(&self, timeout: Duration) -> Option<Task<B, A>> {
+        let state = lock(&self.state);
+        let (mut state, _) = self
             .posted
-            .wait_timeout_while(slot, timeout, |s| s.is_none())
+            .wait_timeout_while(state, timeout, |s| s.0.is_none() && s.1.is_empty())
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        slot.take()
+        if let Some(beat) = state.0.take() {
+            return Some(Task::Beat(beat));
+        }
+        state.1.pop_front().map(Task::Ahead)
     }
 }
 
@@ -162,25 +213,43 @@ impl<T> Mailbox<T> {
 mod tests {
     use super::*;
 
+    const SOON: Duration = Duration::from_millis(1);
+
     #[test]
-    fn the_freshest_item_wins_and_replacements_are_reported() {
-        let m = Mailbox::default();
-        assert!(!m.post(1));
-        assert!(m.post(2));
-        assert!(m.post(3));
-        assert_eq!(m.take(Duration::from_millis(1)), Some(3));
-        assert_eq!(m.take(Duration::from_millis(1)), None);
+    fn the_freshest_beat_wins_and_replacements_are_reported() {
+        let m: Inbox<u32, ()> = Inbox::new(2);
+        assert!(!m.post_beat(1));
+        assert!(m.post_beat(2));
+        assert!(m.post_beat(3));
+        assert_eq!(m.take(SOON), Some(Task::Beat(3)));
+        assert_eq!(m.take(SOON), None);
     }
 
     #[test]
-    fn take_wakes_when_an_item_is_posted() {
-        let m = std::sync::Arc::new(Mailbox::default());
+    fn beats_come_before_frames_and_the_oldest_frame_is_dropped() {
+        let m: Inbox<u32, u32> = Inbox::new(2);
+        assert!(!m.post_ahead(10));
+        assert!(!m.post_ahead(11));
+        assert!(m.post_ahead(12), "full: 10 is dropped");
+        m.post_beat(1);
+        assert_eq!(m.take(SOON), Some(Task::Beat(1)));
+        assert_eq!(m.take(SOON), Some(Task::Ahead(11)));
+        assert_eq!(m.take(SOON), Some(Task::Ahead(12)));
+        assert_eq!(m.take(SOON), None);
+        let none: Inbox<u32, u32> = Inbox::new(0);
+        assert!(none.post_ahead(1));
+        assert_eq!(none.take(SOON), None, "no lookahead at all");
+    }
+
+    #[test]
+    fn take_wakes_when_a_beat_is_posted() {
+        let m: std::sync::Arc<Inbox<u32, ()>> = std::sync::Arc::new(Inbox::new(1));
         let poster = m.clone();
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
-            poster.post(7)
+            poster.post_beat(7)
         });
-        assert_eq!(m.take(Duration::from_secs(5)), Some(7));
+        assert_eq!(m.take(Duration::from_secs(5)), Some(Task::Beat(7)));
         assert!(!t.join().unwrap());
     }
 }

@@ -4,10 +4,11 @@
 //! Threads and queues, every queue bounded:
 //!
 //! ```text
-//!  source thread(s) ──(input_queue; full: drop, count)──► gating thread ──(one-slot mailbox;
-//!  (one per source,                                       BeatCutter +     fresher beat
-//!   paced or live,                                        time fallback    replaces, count)
-//!   reopened on faults)                                        │                 │
+//!  source thread(s) ──(input_queue; full: drop, count)──► gating thread ──(inbox: one beat,
+//!  (one per source,                                       BeatCutter +     a fresher beat
+//!   paced or live,                                        time fallback,   replaces it, count;
+//!   reopened on faults)                                   lookahead  │     T frames to encode
+//!                                                              │     ahead, oldest dropped)
 //!                                                              │                 ▼
 //!                  recorder thread ◄──(record_queue; full: drop, count)   inference thread
 //!                  (rotating MCAP)  ◄── labels ──┐                        (model, stability)
@@ -17,7 +18,9 @@
 //! ```
 //!
 //! Each source owns a thread so a slow or faulty device never stalls another; gating is
-//! cheap and sees every item; inference is slow and always works on the freshest beat. The
+//! cheap and sees every item; inference is slow and always works on the freshest beat, and
+//! spends its idle time encoding the frames the open beat will most likely pick
+//! ([`lookahead`]), so that when the beat closes little more than the head remains. The
 //! server runs on a current-thread tokio runtime and takes its shutdown signal as a future
 //! ([`Daemon::run`]), so tests stop it without signals. Nothing a device or a client does
 //! ends the process: faults are logged, counted in the `status` message and retried.
@@ -28,6 +31,7 @@ pub mod gating;
 pub mod infer;
 pub mod live;
 pub mod log;
+pub mod lookahead;
 pub mod notify;
 pub mod protocol;
 pub mod record;
@@ -55,9 +59,10 @@ use crate::views::View;
 
 use self::config::{Config, ConfigError, PlayEcg, SourceKind};
 use self::gating::{BeatGating, GatedBeat, GatedEvent, GatingConfig, GatingStage};
-use self::infer::{ClassifyBeat, Mailbox, RecoverableModel};
+use self::infer::{ClassifyBeat, Inbox, RecoverableModel, Task};
 use self::live::{SerialSpec, SessionClock, VideoSpec};
 use self::log::{Level, RateLimited};
+use self::lookahead::Lookahead;
 use self::notify::{Notifier, NotifyState, Watchdog};
 use self::protocol::{EngineStatus, Hello, Message, ModelInfo, Probs, StabilityInfo, ViewMsg};
 use self::record::{RecordMsg, Recorder};
@@ -390,6 +395,8 @@ struct BeatJob {
     gated: GatedBeat,
     /// When the data closing the beat was delivered, to measure latency from.
     delivered: Instant,
+    /// When the beat was cut and posted, to measure the model's share of the latency.
+    cut: Instant,
 }
 
 /// A classified beat on its way to the server.
@@ -398,6 +405,8 @@ struct Publication {
     view: ViewMsg,
     /// When the data closing the beat was delivered.
     delivered: Instant,
+    /// When the beat was cut.
+    cut: Instant,
     /// The beat's end, session clock, for the recording.
     end_ns: u64,
 }
@@ -433,7 +442,12 @@ fn start_threads(
     };
     let (input_tx, input_rx) = std::sync::mpsc::sync_channel(config.pipeline.input_queue);
     let (published_tx, published_rx) = mpsc::channel(PUBLISH_QUEUE);
-    let mailbox = Arc::new(Mailbox::default());
+    let ahead_capacity = if config.pipeline.lookahead {
+        identity.frames_per_beat
+    } else {
+        0
+    };
+    let inbox = Arc::new(Inbox::new(ahead_capacity));
 
     let record_tx = match &config.record.dir {
         Some(dir) => {
@@ -487,15 +501,21 @@ fn start_threads(
         ecg_timeout_ns: (config.gating.ecg_timeout_s * 1e9) as u64,
         window_ns: (config.gating.window_s * 1e9) as u64,
     });
-    let (mb, rec, sh, pulse) = (
-        mailbox.clone(),
+    let lookahead = config
+        .pipeline
+        .lookahead
+        .then(|| Lookahead::new(identity.frames_per_beat));
+    let (ib, rec, sh, pulse) = (
+        inbox.clone(),
         record_tx.clone(),
         shared.clone(),
         shared.pulse("gating"),
     );
     spawn(
         "gating".into(),
-        Box::new(move || gating_thread(&input_rx, stage, &mb, rec.as_ref(), &sh, &pulse)),
+        Box::new(move || {
+            gating_thread(&input_rx, stage, lookahead, &ib, rec.as_ref(), &sh, &pulse)
+        }),
     )?;
 
     let stabilizer = Stabilizer::new(config.stability.clone());
@@ -505,7 +525,7 @@ fn start_threads(
         "inference".into(),
         Box::new(move || {
             inference_thread(
-                &mailbox,
+                &inbox,
                 model,
                 stabilizer,
                 &labels,
@@ -710,12 +730,13 @@ impl DeliveryLog {
     }
 }
 
-/// The gating thread: every item through the [`GatingStage`], beats to the mailbox, items to
-/// the recorder.
+/// The gating thread: every item through the [`GatingStage`], beats to the inbox (and, with
+/// a [`Lookahead`], the frames expected in the open beat), items to the recorder.
 fn gating_thread(
     rx: &Receiver<Delivered>,
     mut stage: GatingStage,
-    mailbox: &Mailbox<BeatJob>,
+    mut lookahead: Option<Lookahead>,
+    inbox: &Inbox<BeatJob, Frame>,
     record: Option<&SyncSender<RecordMsg>>,
     shared: &Shared,
     pulse: &Pulse,
@@ -747,11 +768,26 @@ fn gating_thread(
             match event {
                 GatedEvent::Beat(gated) => {
                     let delivered = deliveries.delivered(gated.gating, gated.beat.end_ns);
-                    if mailbox.post(BeatJob { gated, delivered }) {
+                    if let Some(lookahead) = lookahead.as_mut() {
+                        lookahead.beat_cut(gated.beat.start_ns, gated.beat.end_ns);
+                    }
+                    let job = BeatJob {
+                        gated,
+                        delivered,
+                        cut: Instant::now(),
+                    };
+                    if inbox.post_beat(job) {
                         Shared::count(&shared.counters.drop_beats);
                     }
                 }
                 GatedEvent::Skipped { skipped, .. } => shared.skipped(skipped.reason.name()),
+            }
+        }
+        if let (Some(lookahead), Some(latest)) = (lookahead.as_mut(), stage.latest_frame_ns()) {
+            while let Some(phase_ns) = lookahead.due(latest) {
+                if let Some(frame) = stage.frame_near(phase_ns) {
+                    inbox.post_ahead(frame.clone());
+                }
             }
         }
         shared.set_gating(stage.mode().name(), stage.quality().name());
@@ -761,7 +797,7 @@ fn gating_thread(
 /// The inference thread: the freshest beat through the model and the stabiliser, out to the
 /// server. An engine error or panic costs one beat, never the thread.
 fn inference_thread(
-    mailbox: &Mailbox<BeatJob>,
+    inbox: &Inbox<BeatJob, Frame>,
     mut model: Box<dyn ClassifyBeat>,
     mut stabilizer: Stabilizer,
     labels: &[View],
@@ -776,8 +812,13 @@ fn inference_thread(
         if shared.stop.is_set() {
             break;
         }
-        let Some(job) = mailbox.take(POLL) else {
-            continue;
+        let job = match inbox.take(POLL) {
+            None => continue,
+            Some(Task::Beat(job)) => job,
+            Some(Task::Ahead(frame)) => {
+                encode_ahead(model.as_mut(), &frame, shared, &mut faults);
+                continue;
+            }
         };
         let gated = &job.gated;
         let frames: Vec<&Frame> = gated.frames.iter().collect();
@@ -833,11 +874,14 @@ fn inference_thread(
             gating: gated.gating.name().to_string(),
             hr_bpm: (gated.gating == BeatGating::Ecg).then(|| round(gated.beat.hr_bpm(), 1)),
             latency_ms: 0.0,
+            inference_ms: 0.0,
+            encoded_at_cut: u32::try_from(c.frames_encoded).unwrap_or(u32::MAX),
             truth: gated.truth.map(|v| v.name().to_string()),
         };
         let publication = Publication {
             view,
             delivered: job.delivered,
+            cut: job.cut,
             end_ns: gated.beat.end_ns,
         };
         match out.try_send(publication) {
@@ -850,7 +894,23 @@ fn inference_thread(
     }
 }
 
-/// Reports an engine fault: counted, shown, logged (rate-limited).
+/// Encodes a frame ahead of its beat. A fault here is reported like any engine fault but
+/// costs no beat; the beat will encode the frame again and meet the fault there, where
+/// recovery deals with it.
+fn encode_ahead(
+    model: &mut dyn ClassifyBeat,
+    frame: &Frame,
+    shared: &Shared,
+    faults: &mut RateLimited,
+) {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| model.encode_ahead(frame))) {
+        Ok(Ok(true)) => Shared::count(&shared.counters.encoded_ahead),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => engine_fault(shared, faults, format!("engine (ahead of a beat): {e}")),
+        Err(_) => engine_fault(shared, faults, "engine panicked ahead of a beat".into()),
+    }
+}
+
 /// Engine faults in a row before the engine is reopened.
 const FAULTS_BEFORE_RECOVERY: u32 = 3;
 /// Good beats after which an engine counts as working again, so a later run of faults
@@ -919,6 +979,7 @@ impl Recovery {
     }
 }
 
+/// Reports an engine fault: counted, shown, logged (rate-limited).
 fn engine_fault(shared: &Shared, faults: &mut RateLimited, message: String) {
     Shared::count(&shared.counters.err_engine);
     shared.error(message.clone());
@@ -1082,9 +1143,12 @@ impl Server {
         let Publication {
             mut view,
             delivered,
+            cut,
             end_ns,
         } = publication;
-        view.latency_ms = (delivered.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+        let millis = |since: Instant| (since.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+        view.latency_ms = millis(delivered);
+        view.inference_ms = millis(cut);
         let line = Message::View(view).to_line();
         if let Some(record) = &self.record
             && let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)

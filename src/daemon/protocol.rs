@@ -188,6 +188,13 @@ pub struct ViewMsg {
     pub hr_bpm: Option<f64>,
     /// Milliseconds from the delivery of the beat's closing boundary to publication.
     pub latency_ms: f64,
+    /// Milliseconds from the beat being cut (its end confirmed and its frames there) to
+    /// publication: the model's share of `latency_ms`.
+    #[serde(default)]
+    pub inference_ms: f64,
+    /// Frames the encoder ran on after the beat was cut; the others were encoded ahead.
+    #[serde(default)]
+    pub encoded_at_cut: u32,
     /// The view the source truly showed (simulator and simulated sessions only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truth: Option<String>,
@@ -315,6 +322,9 @@ pub struct BeatCounts {
     pub time_gated: u64,
     /// Beats not classified, by reason (`bad_ecg_quality`, `implausible_rr`, ...).
     pub skipped: BTreeMap<String, u64>,
+    /// Frames encoded ahead of their beat's end (`pipeline.lookahead`).
+    #[serde(default)]
+    pub frames_encoded_ahead: u64,
 }
 
 /// Drop counters: each says where the daemon shed load instead of falling behind.
@@ -384,6 +394,8 @@ mod tests {
             gating: "ecg".into(),
             hr_bpm: Some(75.0),
             latency_ms: 412.0,
+            inference_ms: 21.5,
+            encoded_at_cut: 1,
             truth: None,
         }
     }

@@ -122,6 +122,8 @@ pub struct Counters {
     pub err_engine: AtomicU64,
     /// Engine recoveries (reopened or replaced).
     pub engine_restarts: AtomicU64,
+    /// Frames encoded ahead of their beat.
+    pub encoded_ahead: AtomicU64,
     /// Source failures.
     pub err_source: AtomicU64,
     /// Recording failures.
@@ -317,6 +319,7 @@ impl Shared {
                 unknown: get(&c.unknown),
                 time_gated: get(&c.time_gated),
                 skipped: lock(&self.skipped).clone(),
+                frames_encoded_ahead: get(&c.encoded_ahead),
             },
             drops: Drops {
                 input: get(&c.drop_input),
