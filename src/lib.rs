@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod ecg;
 pub mod engine;
 pub mod gate;
+pub mod imagegate;
 pub mod jpeg;
 pub mod media;
 pub mod pipeline;
