@@ -34,6 +34,11 @@ use crate::preprocess::{PreprocessConfig, PreprocessError, Preprocessor};
 const POWER_STEPS: usize = 40;
 /// Peaks closer than this fraction of the period are one peak (the strongest is kept).
 const MIN_PEAK_SPACING: f64 = 0.6;
+/// A frame-to-frame change this many times the median change is a scene cut.
+const CUT_FACTOR: f64 = 4.0;
+/// ... and only if the mean absolute change exceeds this many grey levels, so a still
+/// cine's tiny noise-driven changes never count as cuts.
+const CUT_MIN_LEVEL: f64 = 4.0;
 /// Fewest frames that can show a cycle at all.
 const MIN_FRAMES: usize = 6;
 
@@ -158,17 +163,67 @@ pub fn find_beats(frames: &[Frame], config: &ImageGateConfig) -> Result<Vec<u64>
         }
     }
     let times: Vec<u64> = frames.iter().map(|f| f.t_ns).collect();
-    let thumbs = thumbnails(frames, config)?;
+    let mut thumbs = thumbnails(frames, config)?;
     let d = (config.thumbnail * config.thumbnail) as usize;
-    let (t0, dt, signal, brightness) = motion_signal(&times, thumbs, d, config.detrend_s);
-    let peaks = cycle_peaks(&signal, &brightness, dt, config, &times)?;
-    Ok(peaks
-        .into_iter()
-        .filter_map(|k| {
-            let t = t0 as f64 + k * dt + config.offset_ns as f64;
-            (t >= 0.0).then(|| t.round() as u64)
+    // Each stretch between scene cuts is one steady view: analysed on its own, so a cut's
+    // jump does not pass for motion. The cine fails only when no stretch shows a beat.
+    let mut boundaries = Vec::new();
+    let mut first_error = None;
+    let cuts = scene_cuts(&thumbs);
+    let mut end = thumbs.len();
+    for &start in cuts.iter().rev() {
+        let part = thumbs.split_off(start);
+        let part_times = &times[start..end];
+        end = start;
+        if part.len() < MIN_FRAMES {
+            continue;
+        }
+        let (t0, dt, signal, brightness) = motion_signal(part_times, part, d, config.detrend_s);
+        match cycle_peaks(&signal, &brightness, dt, config, part_times) {
+            Ok(peaks) => boundaries.extend(peaks.into_iter().filter_map(|k| {
+                let t = t0 as f64 + k * dt + config.offset_ns as f64;
+                (t >= 0.0).then(|| t.round() as u64)
+            })),
+            Err(err) => first_error = Some(err),
+        }
+    }
+    match first_error {
+        Some(err) if boundaries.is_empty() => Err(err),
+        _ => {
+            boundaries.sort_unstable();
+            Ok(boundaries)
+        }
+    }
+}
+
+/// Where the scene changes at once (a view switch, a cut in an edited loop): the starts of
+/// the stretches between cuts, ascending, always beginning with 0. A cut is a frame whose
+/// mean absolute change from the one before is [`CUT_FACTOR`] times the median change, and
+/// large in absolute terms; a beating heart changes smoothly from frame to frame.
+fn scene_cuts(thumbs: &[Vec<f32>]) -> Vec<usize> {
+    let change: Vec<f64> = thumbs
+        .windows(2)
+        .map(|w| {
+            let sum: f64 = w[0]
+                .iter()
+                .zip(&w[1])
+                .map(|(a, b)| f64::from((a - b).abs()))
+                .sum();
+            sum / w[0].len().max(1) as f64
         })
-        .collect())
+        .collect();
+    let mut sorted = change.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    let mut starts = vec![0];
+    starts.extend(
+        change
+            .iter()
+            .enumerate()
+            .filter(|&(_, &c)| c > CUT_FACTOR * median && c > CUT_MIN_LEVEL)
+            .map(|(i, _)| i + 1),
+    );
+    starts
 }
 
 /// Refuses settings that cannot find a beat.

@@ -7,6 +7,7 @@
 //! sinks ([`replay`]'s JSON lines, session recording). [`pipeline`] strings the stages
 //! together; [`bundle`] loads and verifies the model they run.
 
+pub mod agreement;
 pub mod beats;
 pub mod bundle;
 pub mod capture;
@@ -17,6 +18,7 @@ pub mod daemon;
 pub mod ecg;
 pub mod engine;
 pub mod gate;
+pub mod imagefeed;
 pub mod imagegate;
 pub mod jpeg;
 pub mod media;
