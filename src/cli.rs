@@ -53,6 +53,10 @@ pub enum Command {
     Watch(crate::daemon::cli::WatchArgs),
     /// Cut the gated, preprocessed frames of every heartbeat into training clips (NumPy).
     Clips(ClipsArgs),
+    /// Score the model's labels on sessions with known views: accuracy, F1, confusion matrix.
+    Eval(crate::eval::EvalArgs),
+    /// Replay many sessions in parallel: beats to a JSON-lines file, a progress bar, a table.
+    Batch(crate::batch::BatchArgs),
     /// ECG tools.
     #[command(subcommand)]
     Ecg(EcgCommand),
@@ -355,6 +359,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             replay(&args.sessions, &bundle, args.model.engine, args.gating)
         }
         Command::Clips(args) => clips(&args),
+        Command::Eval(args) => crate::eval::run(&args),
+        Command::Batch(args) => crate::batch::run(&args),
         Command::Run(args) => crate::daemon::cli::run(&args),
         Command::Watch(args) => crate::daemon::cli::watch(&args),
         Command::Ecg(EcgCommand::Detect(args)) => {

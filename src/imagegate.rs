@@ -34,8 +34,8 @@ use crate::preprocess::{PreprocessConfig, PreprocessError, Preprocessor};
 const POWER_STEPS: usize = 40;
 /// Peaks closer than this fraction of the period are one peak (the strongest is kept).
 const MIN_PEAK_SPACING: f64 = 0.6;
-/// A frame-to-frame change this many times the median change is a scene cut.
-const CUT_FACTOR: f64 = 4.0;
+/// A frame-to-frame change this many times the 90th percentile of the changes is a scene cut.
+const CUT_FACTOR: f64 = 3.0;
 /// ... and only if the mean absolute change exceeds this many grey levels, so a still
 /// cine's tiny noise-driven changes never count as cuts.
 const CUT_MIN_LEVEL: f64 = 4.0;
@@ -198,8 +198,10 @@ pub fn find_beats(frames: &[Frame], config: &ImageGateConfig) -> Result<Vec<u64>
 
 /// Where the scene changes at once (a view switch, a cut in an edited loop): the starts of
 /// the stretches between cuts, ascending, always beginning with 0. A cut is a frame whose
-/// mean absolute change from the one before is [`CUT_FACTOR`] times the median change, and
-/// large in absolute terms; a beating heart changes smoothly from frame to frame.
+/// mean absolute change from the one before is [`CUT_FACTOR`] times the 90th percentile of
+/// the changes, and large in absolute terms: a beating heart changes by similar amounts from
+/// frame to frame (the percentile, not the median, because diastasis barely moves), while a
+/// switch of view replaces the whole image at once.
 fn scene_cuts(thumbs: &[Vec<f32>]) -> Vec<usize> {
     let change: Vec<f64> = thumbs
         .windows(2)
@@ -214,13 +216,13 @@ fn scene_cuts(thumbs: &[Vec<f32>]) -> Vec<usize> {
         .collect();
     let mut sorted = change.clone();
     sorted.sort_by(f64::total_cmp);
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    let typical = sorted.get(sorted.len() * 9 / 10).copied().unwrap_or(0.0);
     let mut starts = vec![0];
     starts.extend(
         change
             .iter()
             .enumerate()
-            .filter(|&(_, &c)| c > CUT_FACTOR * median && c > CUT_MIN_LEVEL)
+            .filter(|&(_, &c)| c > CUT_FACTOR * typical && c > CUT_MIN_LEVEL)
             .map(|(i, _)| i + 1),
     );
     starts

@@ -8,6 +8,7 @@
 //! together; [`bundle`] loads and verifies the model they run.
 
 pub mod agreement;
+pub mod batch;
 pub mod beats;
 pub mod bundle;
 pub mod capture;
@@ -17,6 +18,7 @@ pub mod clips;
 pub mod daemon;
 pub mod ecg;
 pub mod engine;
+pub mod eval;
 pub mod gate;
 pub mod imagefeed;
 pub mod imagegate;
