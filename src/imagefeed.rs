@@ -161,7 +161,7 @@ impl GatedFeed {
             _ => None,
         });
         let first = times.next();
-        let last = times.last();
+        let last = times.next_back();
         match (first, last) {
             (Some(a), Some(b)) => b.saturating_sub(a),
             _ => 0,

@@ -426,7 +426,7 @@ fn cycle_peaks(
         max_bpm: config.max_bpm,
     };
 
-    if n >= 2 * max_lag + 1 {
+    if n > 2 * max_lag {
         // Long enough for every period searched to repeat: autocorrelation.
         let r: Vec<f64> = (0..=max_lag + 1)
             .map(|lag| {

@@ -23,7 +23,7 @@ fn run(config: SimConfig) -> (Vec<u64>, Vec<u64>, (u64, u64)) {
     let (mut samples, mut fs, mut t0) = (Vec::new(), 0.0, None);
     let (mut first, mut last) = (u64::MAX, 0);
     let mut image = Vec::new();
-    let mut drain = |feed: &mut GatedFeed, image: &mut Vec<u64>| {
+    let drain = |feed: &mut GatedFeed, image: &mut Vec<u64>| {
         while let Some(input) = feed.next_input() {
             if let Input::Boundary { t_ns, .. } = input {
                 image.push(t_ns);
@@ -82,7 +82,6 @@ fn image_gating_agrees_with_ecg_gating_on_simulated_sessions() {
         session(5, 140.0, 30.0, &[PsaxBase, PsaxApical, A4c], 8),
         session(6, 60.0, 30.0, &[Plax, A2c, A3c, Subcostal], 4),
     ];
-    let mut all_errors_ms = Vec::new();
     let (mut reference, mut matched, mut extra) = (0, 0, 0);
     for config in cases {
         let label = format!(
@@ -109,8 +108,6 @@ fn image_gating_agrees_with_ecg_gating_on_simulated_sessions() {
             100.0 * a.matched_fraction(),
             a.extra
         );
-        // Per-session errors, re-measured against the same offset, for the pooled figures.
-        all_errors_ms.push((a.median_ms, a.p90_ms));
         reference += a.reference;
         matched += a.matched;
         extra += a.extra;
