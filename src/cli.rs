@@ -21,7 +21,7 @@ use crate::engine::{self, EngineKind};
 use crate::media::PixelFormat;
 use crate::pipeline::Pipeline;
 use crate::preprocess::PreprocessConfig;
-use crate::replay::{JsonLinesSink, replay_session, summary};
+use crate::replay::{JsonLinesSink, summary};
 use crate::selftest;
 use crate::serial::Emulator;
 use crate::serial::command::{EcgSerialArgs, ListenArgs, listen};
@@ -53,6 +53,10 @@ pub enum Command {
     Watch(crate::daemon::cli::WatchArgs),
     /// Cut the gated, preprocessed frames of every heartbeat into training clips (NumPy).
     Clips(ClipsArgs),
+    /// Score the model's labels on sessions with known views: accuracy, F1, confusion matrix.
+    Eval(crate::eval::EvalArgs),
+    /// Replay many sessions in parallel: beats to a JSON-lines file, a progress bar, a table.
+    Batch(crate::batch::BatchArgs),
     /// ECG tools.
     #[command(subcommand)]
     Ecg(EcgCommand),
@@ -282,6 +286,10 @@ pub struct ReplayArgs {
     /// The model and engine.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// How beats are cut: from the ECG, from the image's motion, or ECG when the session has
+    /// one and image otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub gating: crate::imagefeed::GatingMode,
 }
 
 /// `echoview clips`
@@ -303,6 +311,10 @@ pub struct ClipsArgs {
     /// show one view).
     #[arg(long, value_name = "VIEW")]
     pub label: Option<crate::views::View>,
+    /// How beats are cut: from the ECG, from the image's motion, or ECG when the session has
+    /// one and image otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub gating: crate::imagefeed::GatingMode,
 }
 
 /// `echoview ecg detect`
@@ -344,9 +356,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay(args) => {
             let bundle = args.model.load_bundle()?;
-            replay(&args.sessions, &bundle, args.model.engine)
+            replay(&args.sessions, &bundle, args.model.engine, args.gating)
         }
         Command::Clips(args) => clips(&args),
+        Command::Eval(args) => crate::eval::run(&args),
+        Command::Batch(args) => crate::batch::run(&args),
         Command::Run(args) => crate::daemon::cli::run(&args),
         Command::Watch(args) => crate::daemon::cli::watch(&args),
         Command::Ecg(EcgCommand::Detect(args)) => {
@@ -458,7 +472,12 @@ fn simulate(
 
 /// Replays `sessions` in order, printing beats on stdout and a summary per session on stderr.
 /// Fails (after reporting every session) when any session could not be read to the end.
-fn replay(sessions: &[PathBuf], bundle: &Bundle, kind: EngineKind) -> anyhow::Result<ExitCode> {
+fn replay(
+    sessions: &[PathBuf],
+    bundle: &Bundle,
+    kind: EngineKind,
+    gating: crate::imagefeed::GatingMode,
+) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut failed = 0;
     for path in sessions {
@@ -466,10 +485,12 @@ fn replay(sessions: &[PathBuf], bundle: &Bundle, kind: EngineKind) -> anyhow::Re
         let mut pipeline = Pipeline::new(bundle, engine);
         let name = path.display().to_string();
         let mut sink = JsonLinesSink::new(stdout.lock(), &name, &bundle.labels);
-        let result = replay_session(path, &mut pipeline, &mut sink);
+        let mut feed = crate::imagefeed::GatedFeed::new(gating, Default::default());
+        let result = crate::imagefeed::replay_gated(path, &mut pipeline, &mut sink, &mut feed);
         eprintln!(
-            "{}",
-            summary(path, bundle, pipeline.engine_name(), &pipeline.stats())
+            "{}; {}",
+            summary(path, bundle, pipeline.engine_name(), &pipeline.stats()),
+            crate::imagefeed::describe(feed.stats())
         );
         if let Err(err) = result {
             if let crate::replay::ReplayError::Pipeline {
@@ -510,6 +531,7 @@ fn clips(args: &ClipsArgs) -> anyhow::Result<ExitCode> {
         },
         frames_per_beat: args.frames,
         label: args.label,
+        gating: args.gating,
     };
     let mut failed = 0;
     for session in &args.sessions {
@@ -550,7 +572,12 @@ fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         std::env::temp_dir().join(format!("echoview-demo-{}.mcap", std::process::id()))
     });
     simulate(&config, Some(&out), None)?;
-    let code = replay(std::slice::from_ref(&out), &bundle, args.model.engine)?;
+    let code = replay(
+        std::slice::from_ref(&out),
+        &bundle,
+        args.model.engine,
+        crate::imagefeed::GatingMode::Auto,
+    )?;
     if args.out.is_none() {
         // The temporary session has served its purpose; a failure to delete it is harmless.
         let _ = std::fs::remove_file(&out);

@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::beats::{BeatCutter, CutEvent, Input};
+use crate::beats::{BeatCutter, CutEvent};
 use crate::ecg::EcgError;
+use crate::imagefeed::{GatedFeed, feed_session};
 use crate::preprocess::{PreprocessConfig, PreprocessError, Preprocessor};
-use crate::session::{SessionError, SessionEvent, SessionReader};
+use crate::session::SessionError;
 use crate::views::View;
 
 /// Room reserved for the `.npy` header, so the final shape can be written in place once the
@@ -67,6 +68,8 @@ pub struct ClipOptions {
     /// A label for every beat, overriding the session's truth (for a recording known to show
     /// one view throughout).
     pub label: Option<View>,
+    /// How beats are cut (ECG, image, or ECG where the session has one).
+    pub gating: crate::imagefeed::GatingMode,
 }
 
 /// Per-beat metadata, row by row of the array.
@@ -164,20 +167,15 @@ pub fn cut_session(
 
     // Read to the end or the first error; either way the beats cut so far are written out,
     // so a truncated recording still yields its clips (and the error is reported after).
+    let mut feed = GatedFeed::new(options.gating, Default::default());
     let mut read_all = || -> Result<(), ClipsError> {
-        for event in SessionReader::open(session)? {
-            let input = match event? {
-                SessionEvent::Frame(frame) => Input::Frame(frame),
-                SessionEvent::Ecg(block) => Input::Ecg(block),
-                SessionEvent::TruthView { t_ns, view } => Input::Truth { t_ns, view },
-                _ => continue,
-            };
+        feed_session(session, &mut feed, |input| {
             cutter.push(input).map_err(|source| ClipsError::Ecg {
                 path: session.to_path_buf(),
                 source,
             })?;
-            handle_events(&mut cutter)?;
-        }
+            handle_events(&mut cutter)
+        })?;
         cutter.finish();
         handle_events(&mut cutter)
     };

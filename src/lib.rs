@@ -7,6 +7,8 @@
 //! sinks ([`replay`]'s JSON lines, session recording). [`pipeline`] strings the stages
 //! together; [`bundle`] loads and verifies the model they run.
 
+pub mod agreement;
+pub mod batch;
 pub mod beats;
 pub mod bundle;
 pub mod capture;
@@ -16,7 +18,10 @@ pub mod clips;
 pub mod daemon;
 pub mod ecg;
 pub mod engine;
+pub mod eval;
 pub mod gate;
+pub mod imagefeed;
+pub mod imagegate;
 pub mod jpeg;
 pub mod media;
 pub mod pipeline;
