@@ -1,7 +1,7 @@
 //! Training clips: the gated, preprocessed frames of every heartbeat of a session, cut by the
 //! same code the daemon runs, so the model is trained on exactly what it will see.
 //!
-//! For a session `NAME.mcap`, `echoview clips` writes two files into the output folder:
+//! For a session `NAME.mcap` (or a DICOM export `NAME.dcm`), `echoview clips` writes two files into the output folder:
 //! - `NAME.npy`: a NumPy array of `uint8`, shape `[beats, T, height, width]`: each beat's T
 //!   gated frames, greyscale, cropped to the image region, static overlays zeroed, resized,
 //!   not normalised (the manifest's mean and std are applied at training and at run time);
@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::beats::{BeatCutter, CutEvent, Input};
+use crate::beats::{BeatCutter, CutEvent};
 use crate::ecg::EcgError;
 use crate::preprocess::{PreprocessConfig, PreprocessError, Preprocessor};
-use crate::session::{SessionError, SessionEvent, SessionReader};
+use crate::recording::{Recording, RecordingError};
 use crate::views::View;
 
 /// Room reserved for the `.npy` header, so the final shape can be written in place once the
@@ -28,9 +28,9 @@ const NPY_HEADER_LEN: usize = 128;
 /// Why clips could not be cut.
 #[derive(Debug, thiserror::Error)]
 pub enum ClipsError {
-    /// The session could not be read.
+    /// The recording (session or DICOM export) could not be read.
     #[error(transparent)]
-    Session(#[from] SessionError),
+    Recording(#[from] RecordingError),
     /// The session's ECG cannot be processed.
     #[error("{path}: ECG: {source}")]
     Ecg {
@@ -165,14 +165,8 @@ pub fn cut_session(
     // Read to the end or the first error; either way the beats cut so far are written out,
     // so a truncated recording still yields its clips (and the error is reported after).
     let mut read_all = || -> Result<(), ClipsError> {
-        for event in SessionReader::open(session)? {
-            let input = match event? {
-                SessionEvent::Frame(frame) => Input::Frame(frame),
-                SessionEvent::Ecg(block) => Input::Ecg(block),
-                SessionEvent::TruthView { t_ns, view } => Input::Truth { t_ns, view },
-                _ => continue,
-            };
-            cutter.push(input).map_err(|source| ClipsError::Ecg {
+        for input in Recording::open(session)? {
+            cutter.push(input?).map_err(|source| ClipsError::Ecg {
                 path: session.to_path_buf(),
                 source,
             })?;
