@@ -24,8 +24,8 @@ pub enum RecordingError {
 
 /// An open recording, yielding its inputs in time order.
 pub enum Recording {
-    /// An echoview session.
-    Session(SessionReader),
+    /// An echoview session (boxed like the other: the reader is large).
+    Session(Box<SessionReader>),
     /// A DICOM cine.
     Dicom(Box<DicomInputs>),
 }
@@ -41,7 +41,7 @@ impl Recording {
             )?)));
         }
         match SessionReader::open(path) {
-            Ok(reader) => Ok(Recording::Session(reader)),
+            Ok(reader) => Ok(Recording::Session(Box::new(reader))),
             // Not MCAP: a DICOM dataset without the Part 10 header is the other thing a
             // cart writes. If that does not parse either, the MCAP complaint says more.
             Err(session_err @ SessionError::NotMcap { .. }) => match DicomCine::open(path) {

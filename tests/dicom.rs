@@ -388,6 +388,22 @@ fn dicom_info_describes_each_file_and_fails_on_an_unusable_one() {
         text.contains("heartbeats:      ecg (Lead II at 500 Hz)"),
         "{text}"
     );
+    // A still image decodes but has no heartbeats: described, and marked unusable.
+    let out = echoview()
+        .args(["dicom", "info", "--json"])
+        .arg(data("examples_rgb_color.dcm"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["usable"], false);
+    assert_eq!(line["frames"], 1);
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .contains("holds a single frame")
+    );
 }
 
 #[test]

@@ -75,7 +75,17 @@ pub fn run(command: &DicomCommand) -> anyhow::Result<ExitCode> {
     let mut unusable = 0;
     for path in &args.files {
         let info = match DicomCine::open(path) {
-            Ok(cine) => describe(path, &cine),
+            Ok(cine) => {
+                let mut info = describe(path, &cine);
+                // Decodable, but replay cuts heartbeats and a still image has none.
+                if cine.summary().frames < 2 {
+                    unusable += 1;
+                    info.usable = false;
+                    info.error =
+                        Some(super::DicomError::SingleFrame { path: path.clone() }.to_string());
+                }
+                info
+            }
             Err(e) => {
                 unusable += 1;
                 FileInfo {
@@ -139,12 +149,10 @@ fn describe(path: &std::path::Path, cine: &DicomCine) -> FileInfo {
 }
 
 fn print_text(info: &FileInfo) {
+    if let Some(error) = &info.error {
+        println!("{}: UNUSABLE: {error}", info.file);
+    }
     let Some(d) = &info.details else {
-        println!(
-            "{}: UNUSABLE: {}",
-            info.file,
-            info.error.as_deref().unwrap_or("unknown error")
-        );
         return;
     };
     println!("{}:", info.file);
@@ -159,7 +167,7 @@ fn print_text(info: &FileInfo) {
     match d.image_region {
         Some([x, y, w, h]) => println!("  image region:    {w}x{h} at ({x}, {y})"),
         None if d.regions > 0 => println!(
-            "  image region:    none usable ({} regions, none a 2D image inside the frame: \
+            "  image region:    none usable ({} region(s), none a 2D image inside the frame: \
              resized export?); found from the pixels",
             d.regions
         ),
