@@ -45,7 +45,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Simulate an ultrasound cart (ECG + video of the 11 views) into a session file.
     Sim(SimArgs),
-    /// Label every heartbeat of recorded sessions; one JSON object per beat on stdout.
+    /// Label every heartbeat of recorded sessions or DICOM cine exports; one JSON object per
+    /// beat on stdout.
     Replay(ReplayArgs),
     /// Run the live daemon: classify every heartbeat and publish labels on a Unix socket.
     Run(crate::daemon::cli::RunArgs),
@@ -63,6 +64,9 @@ pub enum Command {
     /// Model bundle tools.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// DICOM export tools.
+    #[command(subcommand)]
+    Dicom(crate::dicom::info::DicomCommand),
 }
 
 /// `echoview ecg ...`
@@ -280,7 +284,8 @@ pub struct DemoArgs {
 /// `echoview replay`
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// Session files (MCAP) to replay, in order.
+    /// Session files (MCAP) or DICOM cine exports to replay, in order. DICOM files are told
+    /// by content (Part 10 `DICM` marker, or a bare dataset), whatever their name.
     #[arg(required = true, value_name = "SESSION")]
     pub sessions: Vec<PathBuf>,
     /// The model and engine.
@@ -295,10 +300,10 @@ pub struct ReplayArgs {
 /// `echoview clips`
 #[derive(Debug, Args)]
 pub struct ClipsArgs {
-    /// Session files (MCAP) to cut.
+    /// Session files (MCAP) or DICOM cine exports to cut.
     #[arg(required = true, value_name = "SESSION")]
     pub sessions: Vec<PathBuf>,
-    /// Output folder: NAME.npy and NAME.json per session NAME.mcap.
+    /// Output folder: NAME.npy and NAME.json per session NAME.mcap or export NAME.dcm.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Model input size in pixels (square), as the model to train will have it.
@@ -361,6 +366,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Clips(args) => clips(&args),
         Command::Eval(args) => crate::eval::run(&args),
         Command::Batch(args) => crate::batch::run(&args),
+        Command::Dicom(command) => crate::dicom::info::run(&command),
         Command::Run(args) => crate::daemon::cli::run(&args),
         Command::Watch(args) => crate::daemon::cli::watch(&args),
         Command::Ecg(EcgCommand::Detect(args)) => {

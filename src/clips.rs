@@ -1,7 +1,7 @@
 //! Training clips: the gated, preprocessed frames of every heartbeat of a session, cut by the
 //! same code the daemon runs, so the model is trained on exactly what it will see.
 //!
-//! For a session `NAME.mcap`, `echoview clips` writes two files into the output folder:
+//! For a session `NAME.mcap` (or a DICOM export `NAME.dcm`), `echoview clips` writes two files into the output folder:
 //! - `NAME.npy`: a NumPy array of `uint8`, shape `[beats, T, height, width]`: each beat's T
 //!   gated frames, greyscale, cropped to the image region, static overlays zeroed, resized,
 //!   not normalised (the manifest's mean and std are applied at training and at run time);
@@ -19,7 +19,7 @@ use crate::beats::{BeatCutter, CutEvent};
 use crate::ecg::EcgError;
 use crate::imagefeed::{GatedFeed, feed_session};
 use crate::preprocess::{PreprocessConfig, PreprocessError, Preprocessor};
-use crate::session::SessionError;
+use crate::recording::RecordingError;
 use crate::views::View;
 
 /// Room reserved for the `.npy` header, so the final shape can be written in place once the
@@ -29,9 +29,9 @@ const NPY_HEADER_LEN: usize = 128;
 /// Why clips could not be cut.
 #[derive(Debug, thiserror::Error)]
 pub enum ClipsError {
-    /// The session could not be read.
+    /// The recording (session or DICOM export) could not be read.
     #[error(transparent)]
-    Session(#[from] SessionError),
+    Recording(#[from] RecordingError),
     /// The session's ECG cannot be processed.
     #[error("{path}: ECG: {source}")]
     Ecg {

@@ -23,8 +23,8 @@ use crate::gate::Gating;
 use crate::imagegate::{ImageGateConfig, find_beats};
 use crate::media::Frame;
 use crate::pipeline::{BeatSink, Pipeline, PipelineStats};
+use crate::recording::{Recording, RecordingError};
 use crate::replay::ReplayError;
-use crate::session::{SessionError, SessionEvent, SessionReader};
 
 /// Span of frames analysed at once: several beats even at 40 bpm, so the autocorrelation
 /// sees the period repeat, yet a small fraction of a long session in memory.
@@ -126,7 +126,15 @@ impl GatedFeed {
     pub fn push(&mut self, input: Input) {
         match self.decided {
             None => {
-                let has_ecg = matches!(input, Input::Ecg(_));
+                // R-wave times (a DICOM export's) are ECG gating already done.
+                let has_ecg = matches!(
+                    input,
+                    Input::Ecg(_)
+                        | Input::Boundary {
+                            gating: Gating::Ecg,
+                            ..
+                        }
+                );
                 self.held.push(input);
                 if has_ecg {
                     self.decide(Gating::Ecg);
@@ -279,24 +287,18 @@ impl GatedFeed {
     }
 }
 
-/// Reads the session at `path` through `feed` and hands every resulting input to `consume`,
+/// Reads the recording at `path` (a session or a DICOM export) through `feed` and hands every resulting input to `consume`,
 /// finishing the feed at the end. On a read error midway the inputs read before it are still
 /// handed on (the feed is finished first), then the error is returned. Recorded labels and
 /// truth R-peaks are for evaluation, not inputs, and are left out.
-pub fn feed_session<E: From<SessionError>>(
+pub fn feed_session<E: From<RecordingError>>(
     path: &Path,
     feed: &mut GatedFeed,
     mut consume: impl FnMut(Input) -> Result<(), E>,
 ) -> Result<(), E> {
     let mut read = || -> Result<(), E> {
-        for event in SessionReader::open(path)? {
-            let input = match event? {
-                SessionEvent::Frame(frame) => Input::Frame(frame),
-                SessionEvent::Ecg(block) => Input::Ecg(block),
-                SessionEvent::TruthView { t_ns, view } => Input::Truth { t_ns, view },
-                _ => continue,
-            };
-            feed.push(input);
+        for input in Recording::open(path)? {
+            feed.push(input?);
             while let Some(input) = feed.next_input() {
                 consume(input)?;
             }

@@ -1,7 +1,7 @@
 //! echoview: ECG-gated echocardiography view classification for an ultrasound cart.
 //!
 //! The data path runs one stage per module:
-//! sources ([`sim`], [`session`], [`serial`], [`capture`]) -> [`ecg`] (QRS, quality) -> [`gate`] (heartbeats; [`beats`]
+//! sources ([`sim`], [`session`], [`dicom`] exports, [`serial`], [`capture`]) -> [`ecg`] (QRS, quality) -> [`gate`] (heartbeats; [`beats`]
 //! holds the two together with the frame history) ->
 //! [`preprocess`] -> [`engine`] (tract) -> [`classify`] (feature cache, head, reject) ->
 //! sinks ([`replay`]'s JSON lines, session recording). [`pipeline`] strings the stages
@@ -16,6 +16,7 @@ pub mod classify;
 pub mod cli;
 pub mod clips;
 pub mod daemon;
+pub mod dicom;
 pub mod ecg;
 pub mod engine;
 pub mod eval;
@@ -26,6 +27,7 @@ pub mod jpeg;
 pub mod media;
 pub mod pipeline;
 pub mod preprocess;
+pub mod recording;
 pub mod replay;
 pub mod selftest;
 pub mod serial;

@@ -11,16 +11,19 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use crate::bundle::Bundle;
-use crate::pipeline::{BeatReport, BeatSink, Input, Pipeline, PipelineError, PipelineStats};
-use crate::session::{SessionError, SessionEvent, SessionReader};
+use crate::imagefeed::{GatedFeed, GatingMode, replay_gated};
+use crate::imagegate::ImageGateConfig;
+use crate::pipeline::{BeatReport, BeatSink, Pipeline, PipelineError, PipelineStats};
+use crate::recording::RecordingError;
 use crate::views::View;
 
 /// Why a session could not be replayed to the end.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    /// The session file could not be read (the beats before the fault were still reported).
+    /// The recording (session or DICOM export) could not be read (the beats before the
+    /// fault were still reported).
     #[error(transparent)]
-    Session(#[from] SessionError),
+    Recording(#[from] RecordingError),
     /// The pipeline stopped.
     #[error("{path}: {source}")]
     Pipeline {
@@ -122,31 +125,16 @@ impl<W: Write> BeatSink for JsonLinesSink<'_, W> {
     }
 }
 
-/// Replays the session at `path` through `pipeline`, sending
-/// beats to `sink`. Returns the run's counters; on a read error midway, the beats before it
+/// Replays the recording at `path` (a session or a DICOM export) through `pipeline`, gated by
+/// its ECG, else by its image (see [`crate::imagefeed`]), sending beats to `sink`. Returns the run's counters; on a read error midway, the beats before it
 /// have already gone to the sink.
 pub fn replay_session(
     path: &Path,
     pipeline: &mut Pipeline,
     sink: &mut dyn BeatSink,
 ) -> Result<PipelineStats, ReplayError> {
-    let pipeline_err = |source| ReplayError::Pipeline {
-        path: path.display().to_string(),
-        source,
-    };
-    let reader = SessionReader::open(path)?;
-    for event in reader {
-        let input = match event? {
-            SessionEvent::Frame(frame) => Input::Frame(frame),
-            SessionEvent::Ecg(block) => Input::Ecg(block),
-            SessionEvent::TruthView { t_ns, view } => Input::Truth { t_ns, view },
-            // Recorded labels and truth R-peaks are for evaluation, not inputs.
-            _ => continue,
-        };
-        pipeline.push(input, sink).map_err(pipeline_err)?;
-    }
-    pipeline.finish(sink).map_err(pipeline_err)?;
-    Ok(pipeline.stats())
+    let mut feed = GatedFeed::new(GatingMode::Auto, ImageGateConfig::default());
+    replay_gated(path, pipeline, sink, &mut feed)
 }
 
 /// A human summary of one session's run, for stderr.
