@@ -31,7 +31,7 @@ use crate::sim::{LeadOffMode, LeadOffStretch, ScanScript, SimConfig, SimEvent, S
 
 /// Live echocardiography view guidance: ECG-gated view classification of ultrasound video.
 #[derive(Debug, Parser)]
-#[command(name = "echoview", version, about, long_about = None)]
+#[command(name = "echoview", version = crate::version::LONG, about, long_about = None)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

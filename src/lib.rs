@@ -26,5 +26,6 @@ pub mod selftest;
 pub mod serial;
 pub mod session;
 pub mod sim;
+pub mod version;
 pub mod views;
 pub mod watch;
