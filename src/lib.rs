@@ -19,6 +19,7 @@ pub mod engine;
 pub mod gate;
 pub mod jpeg;
 pub mod media;
+pub mod model_store;
 pub mod pipeline;
 pub mod preprocess;
 pub mod replay;

@@ -36,7 +36,8 @@ pub struct RunArgs {
     /// The label socket [default: /run/echoview/labels.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Model bundle folder [default: the config's, $ECHOVIEW_MODEL, else the demo model].
+    /// Model bundle folder [default: the config's, $ECHOVIEW_MODEL, the active installed
+    /// model, else the demo model].
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Inference engine [default: the config's, else tract].
