@@ -59,6 +59,8 @@ pub enum Command {
     /// Model bundle tools.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Check that this cart can run: devices, ECG signal, model, socket, disk, clock.
+    Doctor(crate::doctor::command::DoctorArgs),
 }
 
 /// `echoview ecg ...`
@@ -361,6 +363,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Clips(args) => clips(&args),
         Command::Run(args) => crate::daemon::cli::run(&args),
         Command::Watch(args) => crate::daemon::cli::watch(&args),
+        Command::Doctor(args) => crate::doctor::command::run(&args),
         Command::Ecg(EcgCommand::Detect(args)) => {
             let samples = read_samples(&args.file, args.format)?;
             let peaks = detect_all(&samples, args.fs)

@@ -14,6 +14,7 @@ pub mod classify;
 pub mod cli;
 pub mod clips;
 pub mod daemon;
+pub mod doctor;
 pub mod ecg;
 pub mod engine;
 pub mod gate;
