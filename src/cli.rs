@@ -31,7 +31,7 @@ use crate::sim::{LeadOffMode, LeadOffStretch, ScanScript, SimConfig, SimEvent, S
 
 /// Live echocardiography view guidance: ECG-gated view classification of ultrasound video.
 #[derive(Debug, Parser)]
-#[command(name = "echoview", version, about, long_about = None)]
+#[command(name = "echoview", version = crate::version::LONG, about, long_about = None)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -67,6 +67,8 @@ pub enum Command {
     /// DICOM export tools.
     #[command(subcommand)]
     Dicom(crate::dicom::info::DicomCommand),
+    /// Check that this cart can run: devices, ECG signal, model, socket, disk, clock.
+    Doctor(crate::doctor::command::DoctorArgs),
 }
 
 /// `echoview ecg ...`
@@ -83,12 +85,19 @@ pub enum EcgCommand {
 pub enum ModelCommand {
     /// Verify a bundle's hashes and run its reference self-test on an engine.
     Check(CheckArgs),
+    /// Vet a bundle and make it the active model (two slots; the old one is kept).
+    Install(crate::model_store::command::InstallArgs),
+    /// Show the two model slots and which is active.
+    List(crate::model_store::command::ListArgs),
+    /// Make the previously active model active again.
+    Rollback(crate::model_store::command::RollbackArgs),
 }
 
 /// Which model bundle and engine to run.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Model bundle folder [default: $ECHOVIEW_MODEL, else the bundled demo model].
+    /// Model bundle folder [default: $ECHOVIEW_MODEL, else the active installed model
+    /// (/var/lib/echoview/models/active), else the bundled demo model].
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Inference engine.
@@ -97,14 +106,19 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The bundle folder to use: the flag, `$ECHOVIEW_MODEL`, an installed demo bundle, or
-    /// the demo bundle of the source tree this binary was built from.
+    /// The bundle folder to use: the flag, `$ECHOVIEW_MODEL`, the active slot of the model
+    /// store (`echoview model install`), an installed demo bundle, or the demo bundle of the
+    /// source tree this binary was built from.
     pub fn model_dir(&self) -> PathBuf {
         if let Some(dir) = &self.model {
             return dir.clone();
         }
         if let Some(dir) = std::env::var_os("ECHOVIEW_MODEL") {
             return dir.into();
+        }
+        let active = Path::new(crate::model_store::DEFAULT_STORE).join(crate::model_store::ACTIVE);
+        if active.join("manifest.toml").exists() {
+            return active;
         }
         let installed = Path::new("/usr/share/echoview/models/demo");
         if installed.join("manifest.toml").exists() {
@@ -369,6 +383,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dicom(command) => crate::dicom::info::run(&command),
         Command::Run(args) => crate::daemon::cli::run(&args),
         Command::Watch(args) => crate::daemon::cli::watch(&args),
+        Command::Doctor(args) => crate::doctor::command::run(&args),
         Command::Ecg(EcgCommand::Detect(args)) => {
             let samples = read_samples(&args.file, args.format)?;
             let peaks = detect_all(&samples, args.fs)
@@ -405,6 +420,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = selftest::run(&bundle, engine.as_mut())?;
             println!("{}: {report}", bundle.identity());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Model(ModelCommand::Install(args)) => crate::model_store::command::install(&args),
+        Command::Model(ModelCommand::List(args)) => crate::model_store::command::list(&args),
+        Command::Model(ModelCommand::Rollback(args)) => {
+            crate::model_store::command::rollback(&args)
         }
     }
 }

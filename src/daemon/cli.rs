@@ -31,7 +31,7 @@ pub struct RunArgs {
     #[arg(long = "loop", requires = "play")]
     pub looped: bool,
     /// Run the simulated cart in real time as the video and ECG source ([sim] in the config).
-    #[arg(long, conflicts_with_all = ["video", "ecg"])]
+    #[arg(long)]
     pub sim: bool,
     /// Capture video from this V4L2 device (a path, or a name under /dev/v4l/by-id); the
     /// source becomes the live cart ([video] in the config).
@@ -44,7 +44,8 @@ pub struct RunArgs {
     /// The label socket [default: /run/echoview/labels.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Model bundle folder [default: the config's, $ECHOVIEW_MODEL, else the demo model].
+    /// Model bundle folder [default: the config's, $ECHOVIEW_MODEL, the active installed
+    /// model, else the demo model].
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Inference engine [default: the config's, else tract].
@@ -77,8 +78,11 @@ impl RunArgs {
         }
         if let Some(port) = &self.ecg {
             config.ecg.port = port.clone();
+            // The simulator brings its own ECG; `doctor --sim --ecg PORT` still probes the
+            // port, and `run` refuses the pair (see `run`).
             match config.source.kind {
                 Some(SourceKind::Play) => config.source.ecg = Some(PlayEcg::Serial),
+                Some(SourceKind::Sim) => {}
                 _ => config.source.kind = Some(SourceKind::Live),
             }
         }
@@ -113,6 +117,11 @@ impl RunArgs {
 
 /// Runs the daemon until SIGTERM or SIGINT; exits 0 after a clean stop.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if args.sim && (args.video.is_some() || args.ecg.is_some()) {
+        anyhow::bail!(
+            "--sim simulates both video and ECG; drop --video/--ecg, or drop --sim to use the devices"
+        );
+    }
     let config = args.settings()?;
     let notifier = Notifier::from_env().unwrap_or_else(|e| {
         log::log(

@@ -314,7 +314,8 @@ impl SimSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
-    /// The bundle folder; unset means `$ECHOVIEW_MODEL`, then the installed demo bundle.
+    /// The bundle folder; unset means `$ECHOVIEW_MODEL`, then the active slot of the model
+    /// store (`/var/lib/echoview/models/active`), then the installed demo bundle.
     pub dir: Option<PathBuf>,
     /// The inference engine (`tract`).
     pub engine: String,
