@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::bundle::{Bundle, BundleError};
 use crate::classify::Label;
-use crate::engine::EngineError;
+use crate::engine::{EngineError, FallbackReason, TrtOptions};
 use crate::media::Frame;
 use crate::views::View;
 
@@ -161,7 +161,7 @@ pub struct Daemon {
     /// The model's identity.
     identity: ModelIdentity,
     /// Why the engine is not the one asked for, if it is a fallback.
-    engine_fallback: Option<String>,
+    engine_fallback: Option<FallbackReason>,
     /// systemd notifications.
     notifier: Notifier,
 }
@@ -203,19 +203,31 @@ impl Daemon {
                 key: "model.engine".into(),
                 message,
             })?;
-        let engine = crate::engine::open(&bundle, kind)?;
-        let model = Box::new(ModelStage::new(&bundle, engine));
-        Ok(Daemon::new(
-            config,
-            sources,
-            model,
-            ModelIdentity::of(&bundle),
-            notifier,
-        ))
+        let mut options = TrtOptions::for_bundle(&bundle);
+        if let Some(plan) = &config.model.plan {
+            options.plan = plan.clone();
+        }
+        let selected = crate::engine::select(&bundle, kind, &options)?;
+        if let Some(reason) = &selected.fallback {
+            log::log(
+                Level::Notice,
+                format_args!(
+                    "engine: tract, TensorRT not used ({}): {reason}",
+                    reason.code()
+                ),
+            );
+        }
+        let model = Box::new(ModelStage::new(&bundle, selected.engine));
+        let daemon = Daemon::new(config, sources, model, ModelIdentity::of(&bundle), notifier);
+        Ok(match selected.fallback {
+            Some(reason) => daemon.with_engine_fallback(reason),
+            None => daemon,
+        })
     }
 
-    /// Records why the engine running is not the one asked for (reported in `status`).
-    pub fn with_engine_fallback(mut self, reason: String) -> Daemon {
+    /// Records why the engine running is not the one asked for (reported in `hello` and
+    /// `status`).
+    pub fn with_engine_fallback(mut self, reason: FallbackReason) -> Daemon {
         self.engine_fallback = Some(reason);
         self
     }
@@ -238,11 +250,12 @@ impl Daemon {
         let shared = Arc::new(Shared::new(
             EngineStatus {
                 name: engine_name.to_string(),
-                fallback: engine_fallback,
+                fallback: engine_fallback.as_ref().map(ToString::to_string),
+                fallback_reason: engine_fallback.as_ref().map(|r| r.code().to_string()),
             },
             sources.len(),
         ));
-        let hello = hello_line(&identity, engine_name, &config);
+        let hello = hello_line(&identity, engine_name, engine_fallback.as_ref(), &config);
         let started = start_threads(&config, sources, model, &identity, &shared);
         let Started {
             threads,
@@ -331,7 +344,12 @@ fn sources_of(config: &Config) -> Result<Vec<Arc<dyn OpenSource>>, DaemonError> 
 }
 
 /// The `hello` line for this model and configuration.
-fn hello_line(identity: &ModelIdentity, engine: &str, config: &Config) -> String {
+fn hello_line(
+    identity: &ModelIdentity,
+    engine: &str,
+    fallback: Option<&FallbackReason>,
+    config: &Config,
+) -> String {
     let mut labels: Vec<String> = identity
         .labels
         .iter()
@@ -343,6 +361,8 @@ fn hello_line(identity: &ModelIdentity, engine: &str, config: &Config) -> String
         daemon: format!("echoview {}", env!("CARGO_PKG_VERSION")),
         model: identity.info.clone(),
         engine: engine.to_string(),
+        fallback: fallback.map(ToString::to_string),
+        fallback_reason: fallback.map(|r| r.code().to_string()),
         labels,
         frames_per_beat: identity.frames_per_beat,
         stability: StabilityInfo {

@@ -336,6 +336,7 @@ mod tests {
             EngineStatus {
                 name: "test".into(),
                 fallback: None,
+                fallback_reason: None,
             },
             0,
         );
@@ -356,6 +357,7 @@ mod tests {
             EngineStatus {
                 name: "test".into(),
                 fallback: Some("asked for x".into()),
+                fallback_reason: Some("plan_missing".into()),
             },
             1,
         );
