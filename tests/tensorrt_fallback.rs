@@ -205,6 +205,53 @@ fn the_build_script_refuses_the_wrong_onnx() {
     }
 }
 
+/// Compiles a fake libnvinfer from C `source` with the system C compiler.
+fn fake_libnvinfer(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, source).unwrap();
+    let so = dir.join(format!("{name}.so"));
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&c)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cc failed on {}", c.display());
+    so
+}
+
+/// A fake libnvinfer of TensorRT 10.3.0 whose runtime factory returns null.
+const FAKE_TRT_10: &str = "int getInferLibVersion(void) { return 100300; }\n\
+     void *createInferRuntime_INTERNAL(void *l, int v) { (void)l; (void)v; return 0; }\n";
+
+#[test]
+fn the_probe_reports_each_layer_for_doctor() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = fake_libnvinfer(dir.path(), "libnvinfer-10", FAKE_TRT_10);
+    let options = TrtOptions {
+        libnvinfer: Some(lib.clone()),
+        ..options_in(dir.path())
+    };
+    let report = echoview::engine::tensorrt::probe(&demo_bundle(), &options);
+    let (name, version) = report.library.clone().unwrap();
+    assert_eq!(name, lib.display().to_string());
+    assert_eq!(version.to_string(), "10.3.0");
+    assert_eq!(report.gpu.clone().unwrap_err().code(), "cuda_missing");
+    assert_eq!(report.plan.clone().unwrap_err().code(), "plan_missing");
+    let verdict = report.verdict.clone().unwrap();
+    if cfg!(feature = "tensorrt") {
+        assert_eq!(verdict.code(), "plan_missing");
+    } else {
+        assert_eq!(verdict.code(), "not_compiled");
+    }
+    let text = report.to_string();
+    assert!(
+        text.contains("libnvinfer: ") && text.contains("TensorRT 10.3.0"),
+        "{text}"
+    );
+    assert!(text.contains("engine auto: tract"), "{text}");
+}
+
 #[cfg(not(feature = "tensorrt"))]
 mod feature_off {
     use super::*;
@@ -246,21 +293,6 @@ mod feature_on {
         let plan_path = dir.join("encoder.plan");
         rebuild(dir, Some("PLAN-v1"), &request(&plan_path)).unwrap();
         plan_path
-    }
-
-    /// Compiles a fake libnvinfer from C `source` with the system C compiler.
-    fn fake_libnvinfer(dir: &Path, name: &str, source: &str) -> PathBuf {
-        let c = dir.join(format!("{name}.c"));
-        std::fs::write(&c, source).unwrap();
-        let so = dir.join(format!("{name}.so"));
-        let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-            .args(["-shared", "-fPIC", "-o"])
-            .arg(&so)
-            .arg(&c)
-            .status()
-            .unwrap();
-        assert!(status.success(), "cc failed on {}", c.display());
-        so
     }
 
     #[test]
@@ -367,7 +399,8 @@ mod feature_on {
             "libnvinfer-null",
             &format!(
                 "int getInferLibVersion(void) {{ return {code}; }}\n\
-                 void *createInferRuntime_INTERNAL(void *l, int v) {{ (void)l; (void)v; return 0; }}\n"
+                 void *createInferRuntime_INTERNAL(void *l, int v) \
+                 {{ (void)l; (void)v; return 0; }}\n"
             ),
         );
         let options = TrtOptions {

@@ -1035,3 +1035,29 @@ impl Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_carries_the_engine_fallback_as_message_and_code() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
+        let bundle = Bundle::load(&dir).unwrap();
+        let identity = ModelIdentity::of(&bundle);
+        let config = Config::default();
+        let reason = FallbackReason::PlanMissing {
+            path: "/x/encoder.plan".into(),
+        };
+        let line = hello_line(&identity, "tract", Some(&reason), &config);
+        let Ok(Some(Message::Hello(hello))) = Message::from_line(&line) else {
+            panic!("not a hello: {line}");
+        };
+        assert_eq!(hello.engine, "tract");
+        assert_eq!(hello.fallback_reason.as_deref(), Some("plan_missing"));
+        assert!(hello.fallback.unwrap().contains("/x/encoder.plan"));
+        // Without a fallback the fields are absent, not null: older readers see no change.
+        let line = hello_line(&identity, "tract", None, &config);
+        assert!(!line.contains("fallback"), "{line}");
+    }
+}

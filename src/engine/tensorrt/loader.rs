@@ -192,6 +192,22 @@ impl NvInfer {
     }
 }
 
+/// `cudaMalloc`.
+pub type MallocFn = unsafe extern "C" fn(*mut *mut c_void, usize) -> c_int;
+/// `cudaFree`, `cudaStreamSynchronize` and `cudaStreamDestroy`: one pointer in, a status out.
+pub type PtrFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+/// `cudaMemcpyAsync`.
+pub type MemcpyAsyncFn =
+    unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int, *mut c_void) -> c_int;
+/// `cudaStreamCreate`.
+pub type StreamCreateFn = unsafe extern "C" fn(*mut *mut c_void) -> c_int;
+/// `cudaGetDeviceCount`.
+pub type DeviceCountFn = unsafe extern "C" fn(*mut c_int) -> c_int;
+/// `cudaGetDeviceProperties`.
+pub type DevicePropertiesFn = unsafe extern "C" fn(*mut c_void, c_int) -> c_int;
+/// `cudaDeviceGetAttribute`.
+pub type DeviceAttributeFn = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int;
+
 /// The CUDA runtime functions the shim and the probe need, resolved by `dlsym`.
 pub struct Cuda {
     /// Keeps the functions below valid.
@@ -199,30 +215,29 @@ pub struct Cuda {
     /// The table handed to the shim.
     pub api: CudaApi,
     /// `cudaGetDeviceCount`.
-    device_count: unsafe extern "C" fn(*mut c_int) -> c_int,
+    device_count: DeviceCountFn,
     /// `cudaGetDeviceProperties` (its `_v2` under CUDA 12).
-    device_properties: unsafe extern "C" fn(*mut c_void, c_int) -> c_int,
+    device_properties: DevicePropertiesFn,
     /// `cudaDeviceGetAttribute`.
-    device_attribute: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int,
+    device_attribute: DeviceAttributeFn,
 }
 
 /// The shim's `ev_cuda_api`: the CUDA calls made while running a plan.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CudaApi {
-    /// `cudaMalloc`.
-    pub malloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> c_int,
-    /// `cudaFree`.
-    pub free: unsafe extern "C" fn(*mut c_void) -> c_int,
-    /// `cudaMemcpyAsync`.
-    pub memcpy_async:
-        unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int, *mut c_void) -> c_int,
-    /// `cudaStreamCreate`.
-    pub stream_create: unsafe extern "C" fn(*mut *mut c_void) -> c_int,
-    /// `cudaStreamSynchronize`.
-    pub stream_synchronize: unsafe extern "C" fn(*mut c_void) -> c_int,
-    /// `cudaStreamDestroy`.
-    pub stream_destroy: unsafe extern "C" fn(*mut c_void) -> c_int,
+    /// `cudaMalloc`: the device buffers for one frame and one feature vector.
+    pub malloc: MallocFn,
+    /// `cudaFree`: releases them.
+    pub free: PtrFn,
+    /// `cudaMemcpyAsync`: frame to the GPU, features back.
+    pub memcpy_async: MemcpyAsyncFn,
+    /// `cudaStreamCreate`: the stream `enqueueV3` runs on.
+    pub stream_create: StreamCreateFn,
+    /// `cudaStreamSynchronize`: waits for a frame's result.
+    pub stream_synchronize: PtrFn,
+    /// `cudaStreamDestroy`: releases the stream.
+    pub stream_destroy: PtrFn,
 }
 
 /// The GPU the plan runs on: part of a plan's identity (plans are built per GPU model).
@@ -255,23 +270,33 @@ impl Cuda {
         let properties = library
             .symbol(c"cudaGetDeviceProperties_v2")
             .map_or_else(|| get(c"cudaGetDeviceProperties"), Ok)?;
+        let (malloc, free, memcpy_async) = (
+            get(c"cudaMalloc")?,
+            get(c"cudaFree")?,
+            get(c"cudaMemcpyAsync")?,
+        );
+        let (stream_create, stream_synchronize, stream_destroy) = (
+            get(c"cudaStreamCreate")?,
+            get(c"cudaStreamSynchronize")?,
+            get(c"cudaStreamDestroy")?,
+        );
+        let (device_count, device_attribute) =
+            (get(c"cudaGetDeviceCount")?, get(c"cudaDeviceGetAttribute")?);
         // SAFETY: each symbol is the CUDA runtime's C function with the signature of the
         // field it is stored in (cuda_runtime_api.h); the library lives inside Cuda.
         unsafe {
+            use std::mem::transmute;
             let api = CudaApi {
-                malloc: std::mem::transmute::<*mut c_void, _>(get(c"cudaMalloc")?),
-                free: std::mem::transmute::<*mut c_void, _>(get(c"cudaFree")?),
-                memcpy_async: std::mem::transmute::<*mut c_void, _>(get(c"cudaMemcpyAsync")?),
-                stream_create: std::mem::transmute::<*mut c_void, _>(get(c"cudaStreamCreate")?),
-                stream_synchronize: std::mem::transmute::<*mut c_void, _>(get(
-                    c"cudaStreamSynchronize",
-                )?),
-                stream_destroy: std::mem::transmute::<*mut c_void, _>(get(c"cudaStreamDestroy")?),
+                malloc: transmute::<*mut c_void, MallocFn>(malloc),
+                free: transmute::<*mut c_void, PtrFn>(free),
+                memcpy_async: transmute::<*mut c_void, MemcpyAsyncFn>(memcpy_async),
+                stream_create: transmute::<*mut c_void, StreamCreateFn>(stream_create),
+                stream_synchronize: transmute::<*mut c_void, PtrFn>(stream_synchronize),
+                stream_destroy: transmute::<*mut c_void, PtrFn>(stream_destroy),
             };
-            let device_count = std::mem::transmute::<*mut c_void, _>(get(c"cudaGetDeviceCount")?);
-            let device_attribute =
-                std::mem::transmute::<*mut c_void, _>(get(c"cudaDeviceGetAttribute")?);
-            let device_properties = std::mem::transmute::<*mut c_void, _>(properties);
+            let device_count = transmute::<*mut c_void, DeviceCountFn>(device_count);
+            let device_attribute = transmute::<*mut c_void, DeviceAttributeFn>(device_attribute);
+            let device_properties = transmute::<*mut c_void, DevicePropertiesFn>(properties);
             Ok(Cuda {
                 library,
                 api,

@@ -298,6 +298,45 @@ pub struct ProbeReport {
     pub verdict: Option<FallbackReason>,
 }
 
+impl std::fmt::Display for ProbeReport {
+    /// One line per layer, for `echoview doctor`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let built = match (self.compiled, self.built_against) {
+            (false, _) => "no (built without --features tensorrt)".to_string(),
+            (true, None) => "yes, without TensorRT headers".to_string(),
+            (true, Some(v)) => format!("yes, against TensorRT {v}"),
+        };
+        writeln!(f, "TensorRT backend compiled in: {built}")?;
+        match &self.library {
+            Ok((name, version)) => writeln!(f, "libnvinfer: {name}, TensorRT {version}")?,
+            Err(e) => writeln!(f, "libnvinfer: {e}")?,
+        }
+        match &self.gpu {
+            Ok(gpu) => writeln!(
+                f,
+                "GPU: {}, compute capability {}",
+                gpu.name, gpu.compute_capability
+            )?,
+            Err(e) => writeln!(f, "GPU: {e}")?,
+        }
+        match &self.plan {
+            Ok(s) => writeln!(
+                f,
+                "plan: current (TensorRT {}, {} {}, {})",
+                s.tensorrt_version, s.gpu_name, s.compute_capability, s.precision
+            )?,
+            Err(e) => writeln!(f, "plan: {e}")?,
+        }
+        match &self.verdict {
+            None => write!(
+                f,
+                "engine auto: TensorRT (if the plan loads and agrees with tract)"
+            ),
+            Some(r) => write!(f, "engine auto: tract ({})", r.code()),
+        }
+    }
+}
+
 /// Probes every layer for `bundle` without opening an engine.
 pub fn probe(bundle: &Bundle, options: &TrtOptions) -> ProbeReport {
     let library = load_nvinfer(options);
