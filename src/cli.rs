@@ -100,8 +100,9 @@ pub struct ModelArgs {
     /// (/var/lib/echoview/models/active), else the bundled demo model].
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Inference engine.
-    #[arg(long, value_enum, default_value = "tract")]
+    /// Inference engine: auto runs TensorRT when its plan and library pass every check, else
+    /// tract (saying why on stderr).
+    #[arg(long, value_enum, default_value = "auto")]
     pub engine: EngineKind,
 }
 
@@ -358,8 +359,9 @@ fn parse_sample_format(name: &str) -> Result<SampleFormat, String> {
 pub struct CheckArgs {
     /// The bundle folder.
     pub dir: PathBuf,
-    /// Inference engine to run the self-test on.
-    #[arg(long, value_enum, default_value = "tract")]
+    /// Inference engine to run the self-test on (auto: TensorRT if it passes every check,
+    /// else tract; tensorrt: fail with the reason instead of falling back).
+    #[arg(long, value_enum, default_value = "auto")]
     pub engine: EngineKind,
 }
 
@@ -416,9 +418,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Model(ModelCommand::Check(args)) => {
             let bundle = Bundle::load(&args.dir)
                 .with_context(|| format!("loading model bundle {}", args.dir.display()))?;
-            let mut engine = engine::open(&bundle, args.engine)?;
+            let mut engine = open_engine(&bundle, args.engine)?;
             let report = selftest::run(&bundle, engine.as_mut())?;
-            println!("{}: {report}", bundle.identity());
+            println!("{} on {}: {report}", bundle.identity(), engine.name());
             Ok(ExitCode::SUCCESS)
         }
         Command::Model(ModelCommand::Install(args)) => crate::model_store::command::install(&args),
@@ -496,6 +498,18 @@ fn simulate(
     Ok(())
 }
 
+/// Opens the engine `kind` for `bundle`, saying on stderr why `auto` fell back to tract.
+fn open_engine(bundle: &Bundle, kind: EngineKind) -> anyhow::Result<Box<dyn engine::Engine>> {
+    let selected = engine::select(bundle, kind, &engine::TrtOptions::for_bundle(bundle))?;
+    if let Some(reason) = &selected.fallback {
+        eprintln!(
+            "engine: tract (TensorRT not used, {}: {reason})",
+            reason.code()
+        );
+    }
+    Ok(selected.engine)
+}
+
 /// Replays `sessions` in order, printing beats on stdout and a summary per session on stderr.
 /// Fails (after reporting every session) when any session could not be read to the end.
 fn replay(
@@ -507,7 +521,7 @@ fn replay(
     let stdout = std::io::stdout();
     let mut failed = 0;
     for path in sessions {
-        let engine = engine::open(bundle, kind)?;
+        let engine = open_engine(bundle, kind)?;
         let mut pipeline = Pipeline::new(bundle, engine);
         let name = path.display().to_string();
         let mut sink = JsonLinesSink::new(stdout.lock(), &name, &bundle.labels);

@@ -266,6 +266,8 @@ mod tests {
                 hash: "0123456789abcdef".into(),
             },
             engine: "tract".into(),
+            fallback: None,
+            fallback_reason: None,
             labels: vec!["A4C".into(), "unknown".into()],
             frames_per_beat: 8,
             stability: StabilityInfo {

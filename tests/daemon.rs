@@ -280,6 +280,8 @@ fn plays_video_with_a_pty_ecg_to_three_clients_survives_a_stalled_one_and_stops_
     assert_eq!(hello.model.name, "echoview-demo");
     assert_eq!(hello.model.hash.len(), 64);
     assert_eq!(hello.engine, "tract");
+    // Asked for by name: not a fallback.
+    assert_eq!(hello.fallback_reason, None);
     assert_eq!(hello.labels.len(), 12);
     assert_eq!(hello.labels.last().map(String::as_str), Some("unknown"));
     assert_eq!(hello.frames_per_beat, 8);

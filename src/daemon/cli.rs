@@ -48,7 +48,8 @@ pub struct RunArgs {
     /// model, else the demo model].
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Inference engine [default: the config's, else tract].
+    /// Inference engine [default: the config's, else auto: TensorRT when it passes every
+    /// check, else tract].
     #[arg(long, value_enum)]
     pub engine: Option<EngineKind>,
     /// Record the live session into rotating MCAP files in this folder.

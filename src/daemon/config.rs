@@ -317,15 +317,19 @@ pub struct ModelSection {
     /// The bundle folder; unset means `$ECHOVIEW_MODEL`, then the active slot of the model
     /// store (`/var/lib/echoview/models/active`), then the installed demo bundle.
     pub dir: Option<PathBuf>,
-    /// The inference engine (`tract`).
+    /// The inference engine: `auto` (TensorRT when it passes every check, else tract),
+    /// `tensorrt` or `tract`.
     pub engine: String,
+    /// The TensorRT encoder plan; unset means `encoder.plan` in the bundle folder.
+    pub plan: Option<PathBuf>,
 }
 
 impl Default for ModelSection {
     fn default() -> ModelSection {
         ModelSection {
             dir: None,
-            engine: EngineKind::Tract.name().into(),
+            engine: EngineKind::Auto.name().into(),
+            plan: None,
         }
     }
 }
@@ -601,7 +605,7 @@ mod tests {
         assert_eq!(c.socket.path, Path::new("/run/echoview/labels.sock"));
         assert_eq!(c.socket.mode_bits().unwrap(), 0o660);
         assert_eq!(c.stability.agree_beats, 2);
-        assert_eq!(c.model.engine_kind().unwrap(), EngineKind::Tract);
+        assert_eq!(c.model.engine_kind().unwrap(), EngineKind::Auto);
         assert_eq!(c.source.kind, None);
     }
 

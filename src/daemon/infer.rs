@@ -71,14 +71,17 @@ pub struct RecoverableModel {
 }
 
 impl RecoverableModel {
-    /// `bundle` running on `kind`, opened now.
-    pub fn open(bundle: Bundle, kind: EngineKind) -> Result<RecoverableModel, engine::EngineError> {
-        let stage = ModelStage::new(&bundle, engine::open(&bundle, kind)?);
-        Ok(RecoverableModel {
-            stage,
+    /// `bundle` running on `engine`, which was opened as `kind` asked (and is reopened so).
+    pub fn new(
+        bundle: Bundle,
+        kind: EngineKind,
+        engine: Box<dyn engine::Engine>,
+    ) -> RecoverableModel {
+        RecoverableModel {
+            stage: ModelStage::new(&bundle, engine),
             bundle,
             kind,
-        })
+        }
     }
 }
 

@@ -53,7 +53,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::bundle::{Bundle, BundleError};
 use crate::classify::Label;
-use crate::engine::EngineError;
+use crate::engine::{EngineError, FallbackReason, TrtOptions};
 use crate::media::Frame;
 use crate::views::View;
 
@@ -168,7 +168,7 @@ pub struct Daemon {
     /// The model's identity.
     identity: ModelIdentity,
     /// Why the engine is not the one asked for, if it is a fallback.
-    engine_fallback: Option<String>,
+    engine_fallback: Option<FallbackReason>,
     /// systemd notifications.
     notifier: Notifier,
 }
@@ -210,13 +210,32 @@ impl Daemon {
                 key: "model.engine".into(),
                 message,
             })?;
+        let mut options = TrtOptions::for_bundle(&bundle);
+        if let Some(plan) = &config.model.plan {
+            options.plan = plan.clone();
+        }
+        let selected = crate::engine::select(&bundle, kind, &options)?;
+        if let Some(reason) = &selected.fallback {
+            log::log(
+                Level::Notice,
+                format_args!(
+                    "engine: tract, TensorRT not used ({}): {reason}",
+                    reason.code()
+                ),
+            );
+        }
         let identity = ModelIdentity::of(&bundle);
-        let model = Box::new(RecoverableModel::open(bundle, kind)?);
-        Ok(Daemon::new(config, sources, model, identity, notifier))
+        let model = Box::new(RecoverableModel::new(bundle, kind, selected.engine));
+        let daemon = Daemon::new(config, sources, model, identity, notifier);
+        Ok(match selected.fallback {
+            Some(reason) => daemon.with_engine_fallback(reason),
+            None => daemon,
+        })
     }
 
-    /// Records why the engine running is not the one asked for (reported in `status`).
-    pub fn with_engine_fallback(mut self, reason: String) -> Daemon {
+    /// Records why the engine running is not the one asked for (reported in `hello` and
+    /// `status`).
+    pub fn with_engine_fallback(mut self, reason: FallbackReason) -> Daemon {
         self.engine_fallback = Some(reason);
         self
     }
@@ -237,16 +256,14 @@ impl Daemon {
         let socket_path = config.socket.path.clone();
         let engine_name = model.engine_name();
         let shared = Arc::new(Shared::new(
-            EngineStatus {
-                name: engine_name.to_string(),
-                fallback: engine_fallback,
-            },
+            engine_status(engine_name, engine_fallback.as_ref()),
             sources.len(),
         ));
-        let hello = hello_line(&identity, engine_name, &config);
+        let engine_status = shared.engine();
+        let hello = hello_line(&identity, &engine_status, &config);
         let greeting = {
             let (identity, config) = (identity.clone(), config.clone());
-            Box::new(move |engine: &str| hello_line(&identity, engine, &config))
+            Box::new(move |engine: &EngineStatus| hello_line(&identity, engine, &config))
         };
         let started = start_threads(&config, sources, model, &identity, &shared);
         let Started {
@@ -276,7 +293,7 @@ impl Daemon {
         let mut server = Server {
             hub,
             greeting,
-            greeted_engine: engine_name.to_string(),
+            greeted_engine: engine_status,
             shared: shared.clone(),
             record: record_tx,
             notifier,
@@ -357,8 +374,18 @@ fn sources_of(
     }
 }
 
+/// The engine for `status` and `hello`: its name, and why it is a fallback (in words and as a
+/// code), if it is one.
+fn engine_status(name: &str, fallback: Option<&FallbackReason>) -> EngineStatus {
+    EngineStatus {
+        name: name.to_string(),
+        fallback: fallback.map(ToString::to_string),
+        fallback_reason: fallback.map(|r| r.code().to_string()),
+    }
+}
+
 /// The `hello` line for this model and configuration.
-fn hello_line(identity: &ModelIdentity, engine: &str, config: &Config) -> String {
+fn hello_line(identity: &ModelIdentity, engine: &EngineStatus, config: &Config) -> String {
     let mut labels: Vec<String> = identity
         .labels
         .iter()
@@ -369,7 +396,9 @@ fn hello_line(identity: &ModelIdentity, engine: &str, config: &Config) -> String
         protocol: protocol::PROTOCOL_VERSION,
         daemon: format!("echoview {}", env!("CARGO_PKG_VERSION")),
         model: identity.info.clone(),
-        engine: engine.to_string(),
+        engine: engine.name.clone(),
+        fallback: engine.fallback.clone(),
+        fallback_reason: engine.fallback_reason.clone(),
         labels,
         frames_per_beat: identity.frames_per_beat,
         stability: StabilityInfo {
@@ -955,6 +984,7 @@ impl Recovery {
                 Shared::count(&shared.counters.engine_restarts);
                 shared.set_engine(EngineStatus {
                     name: recovered.engine.to_string(),
+                    fallback_reason: recovered.fallback.as_ref().map(|_| "engine_failed".into()),
                     fallback: recovered.fallback,
                 });
             }
@@ -1036,9 +1066,9 @@ struct Server {
     /// The clients.
     hub: Hub,
     /// Makes the `hello` line for an engine, for when a recovery changes it.
-    greeting: Box<dyn Fn(&str) -> String + Send>,
-    /// The engine named in the `hello` new clients get.
-    greeted_engine: String,
+    greeting: Box<dyn Fn(&EngineStatus) -> String + Send>,
+    /// The engine described in the `hello` new clients get.
+    greeted_engine: EngineStatus,
     /// Counters and states.
     shared: Arc<Shared>,
     /// Where published views are recorded, if recording.
@@ -1091,9 +1121,9 @@ impl Server {
                 _ = status_tick.tick() => {
                     let clients = self.hub.len() as u64;
                     let status = self.shared.status(&mut memo, clients, self.stall);
-                    if status.engine.name != self.greeted_engine {
-                        self.hub.set_hello((self.greeting)(&status.engine.name));
-                        self.greeted_engine = status.engine.name.clone();
+                    if status.engine != self.greeted_engine {
+                        self.hub.set_hello((self.greeting)(&status.engine));
+                        self.greeted_engine = status.engine.clone();
                     }
                     let summary = format!(
                         "{}: {} beats, gating {}, {} clients",
@@ -1179,5 +1209,31 @@ impl Server {
                 ),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_carries_the_engine_fallback_as_message_and_code() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
+        let bundle = Bundle::load(&dir).unwrap();
+        let identity = ModelIdentity::of(&bundle);
+        let config = Config::default();
+        let reason = FallbackReason::PlanMissing {
+            path: "/x/encoder.plan".into(),
+        };
+        let line = hello_line(&identity, &engine_status("tract", Some(&reason)), &config);
+        let Ok(Some(Message::Hello(hello))) = Message::from_line(&line) else {
+            panic!("not a hello: {line}");
+        };
+        assert_eq!(hello.engine, "tract");
+        assert_eq!(hello.fallback_reason.as_deref(), Some("plan_missing"));
+        assert!(hello.fallback.unwrap().contains("/x/encoder.plan"));
+        // Without a fallback the fields are absent, not null: older readers see no change.
+        let line = hello_line(&identity, &engine_status("tract", None), &config);
+        assert!(!line.contains("fallback"), "{line}");
     }
 }

@@ -129,8 +129,14 @@ pub struct Hello {
     pub daemon: String,
     /// The model bundle producing the labels.
     pub model: ModelInfo,
-    /// The inference engine running it (`tract`).
+    /// The inference engine running it (`tract`, `tensorrt`).
     pub engine: String,
+    /// Why the engine is not TensorRT, when `auto` fell back to tract (a message for people).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// The same as a stable code (`plan_stale`, `library_missing`, ...) for programs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
     /// The labels a `view` may carry, in the model's order, `unknown` last.
     pub labels: Vec<String>,
     /// Frames gated per heartbeat (T).
@@ -309,6 +315,9 @@ pub struct EngineStatus {
     pub name: String,
     /// Why it is not the engine asked for, when it is a fallback.
     pub fallback: Option<String>,
+    /// The same as a stable code (`plan_stale`, `library_missing`, ...) for programs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
 }
 
 /// Heartbeat counters.
@@ -476,7 +485,8 @@ mod tests {
             gating: "time".into(),
             engine: EngineStatus {
                 name: "tract".into(),
-                fallback: None,
+                fallback: Some("the plan p is stale".into()),
+                fallback_reason: Some("plan_stale".into()),
             },
             beats: BeatCounts {
                 skipped: BTreeMap::from([("bad_ecg_quality".into(), 2)]),

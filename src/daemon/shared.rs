@@ -352,6 +352,7 @@ mod tests {
             EngineStatus {
                 name: "test".into(),
                 fallback: None,
+                fallback_reason: None,
             },
             0,
         );
@@ -372,6 +373,7 @@ mod tests {
             EngineStatus {
                 name: "test".into(),
                 fallback: Some("asked for x".into()),
+                fallback_reason: Some("plan_missing".into()),
             },
             1,
         );

@@ -29,7 +29,7 @@ pub(super) fn checks(dir: &Path, kind: EngineKind, runs: usize) -> Vec<Check> {
                  previous one (`echoview model rollback`), or name another with --model DIR",
             ));
             out.push(Check::skip("model.selftest", "the bundle does not load"));
-            out.push(tensorrt());
+            out.push(tensorrt(None));
             out.push(Check::skip("engine.latency", "the bundle does not load"));
             return out;
         }
@@ -50,7 +50,7 @@ pub(super) fn checks(dir: &Path, kind: EngineKind, runs: usize) -> Vec<Check> {
                 "the bundle was exported for another engine or toolchain: install a bundle \
                  made for this echoview release",
             ));
-            out.push(tensorrt());
+            out.push(tensorrt(Some(&bundle)));
             out.push(Check::skip(
                 "engine.latency",
                 "the engine does not load the bundle",
@@ -68,22 +68,41 @@ pub(super) fn checks(dir: &Path, kind: EngineKind, runs: usize) -> Vec<Check> {
             "do not use this bundle: reinstall it, or `echoview model rollback`",
         ),
     });
-    out.push(tensorrt());
+    out.push(tensorrt(Some(&bundle)));
     out.push(latency(&bundle, runner.as_mut(), runs));
     out
 }
 
-/// TensorRT's part of engine selection.
-///
-/// TENSORRT PROBE GOES HERE: when the TensorRT engine lands, call
-/// `crate::engine::tensorrt::probe()` and turn its result (runtime version, plan valid for
-/// this bundle and GPU, device name) into this check, with a fix for each failure. Until
-/// then every build is tract-only, which this reports.
-pub(super) fn tensorrt() -> Check {
-    Check::skip(
-        "engine.tensorrt",
-        "TensorRT support not built; inference runs on tract (CPU)",
-    )
+/// TensorRT's part of engine selection: each layer `--engine auto` goes through (feature,
+/// library and its version, GPU, the plan against this model, TensorRT and GPU), from
+/// [`crate::engine::tensorrt::probe`]. A build without TensorRT is not a fault (x86 carts and
+/// test machines run tract by design); a TensorRT build that would fall back is a warning,
+/// since labels still come, on the CPU.
+pub(super) fn tensorrt(bundle: Option<&Bundle>) -> Check {
+    const NAME: &str = "engine.tensorrt";
+    let Some(bundle) = bundle else {
+        return Check::skip(NAME, "the bundle does not load");
+    };
+    let report =
+        crate::engine::tensorrt::probe(bundle, &crate::engine::TrtOptions::for_bundle(bundle));
+    let text = report.to_string().lines().collect::<Vec<_>>().join("; ");
+    match (report.compiled, &report.verdict) {
+        (false, _) => Check::skip(NAME, text),
+        (true, None) => Check::ok(NAME, "tensorrt", text),
+        (true, Some(reason)) => Check::problem(
+            NAME,
+            Status::Warn,
+            reason.code(),
+            text,
+            if reason.plan_rebuild_helps() {
+                "build the plan for this model, TensorRT and GPU: board/build-engine.sh MODEL_DIR \
+                 (the daemon runs on tract meanwhile)"
+            } else {
+                "install the TensorRT of the JetPack this package was built for (README: \
+                 TensorRT on the Jetson); the daemon runs on tract meanwhile"
+            },
+        ),
+    }
 }
 
 /// Times the encoder on one frame and the head on one beat, `runs` times each, on the

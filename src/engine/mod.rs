@@ -1,12 +1,17 @@
 //! Inference engines: what runs the encoder and the head.
 //!
 //! The pipeline talks to an [`Engine`] and never to a runtime directly, so the same
-//! classification code runs on tract (CPU, everywhere) and, later, TensorRT on the Jetson GPU.
+//! classification code runs on tract (CPU, everywhere) and TensorRT on the Jetson GPU
+//! ([`tensorrt`], feature `tensorrt`). [`select`] picks one for an [`EngineKind`]: `auto`
+//! (the default) runs TensorRT only when every check in [`tensorrt::open`] passes, and tract
+//! otherwise, with the typed [`FallbackReason`] saying why.
 //! Engines work on plain `f32` slices in the layouts the manifest describes, which keeps the
 //! boundary small enough to test and to swap.
 
+pub mod tensorrt;
 mod tract;
 
+pub use self::tensorrt::{FallbackReason, TrtOptions};
 pub use self::tract::TractEngine;
 
 use crate::bundle::Bundle;
@@ -38,6 +43,9 @@ pub enum EngineError {
         /// What the runtime said.
         message: String,
     },
+    /// `--engine tensorrt` was asked for and TensorRT cannot run (`auto` would fall back).
+    #[error("the TensorRT engine cannot run: {0} (use --engine auto to fall back to tract)")]
+    TensorRt(#[from] FallbackReason),
     /// The caller passed a buffer of the wrong length (a bug, reported rather than panicking).
     #[error("{what}: expected {expected} values, got {actual}")]
     BadLength {
@@ -53,6 +61,11 @@ pub enum EngineError {
 /// Which engine to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EngineKind {
+    /// TensorRT when it is present and passes every check, else tract (with the reason).
+    Auto,
+    /// TensorRT or nothing: fails with the reason instead of falling back (for verifying a
+    /// board).
+    Tensorrt,
     /// tract on the CPU: always available.
     Tract,
 }
@@ -61,6 +74,8 @@ impl EngineKind {
     /// The name used on the command line and in outputs.
     pub fn name(self) -> &'static str {
         match self {
+            EngineKind::Auto => "auto",
+            EngineKind::Tensorrt => "tensorrt",
             EngineKind::Tract => "tract",
         }
     }
@@ -89,9 +104,44 @@ pub trait Engine: Send {
     fn head(&mut self, features: &[f32]) -> Result<HeadOutput, EngineError>;
 }
 
-/// Opens the engine `kind` for `bundle`.
-pub fn open(bundle: &Bundle, kind: EngineKind) -> Result<Box<dyn Engine>, EngineError> {
+/// An opened engine and, when `auto` ended on tract, why.
+pub struct Selected {
+    /// The engine to run.
+    pub engine: Box<dyn Engine>,
+    /// Why TensorRT is not running it (`auto` only); logged and shown on the socket.
+    pub fallback: Option<FallbackReason>,
+}
+
+/// Opens the engine `kind` for `bundle`, looking for TensorRT's files as `options` says.
+pub fn select(
+    bundle: &Bundle,
+    kind: EngineKind,
+    options: &TrtOptions,
+) -> Result<Selected, EngineError> {
+    let tract = |fallback| -> Result<Selected, EngineError> {
+        Ok(Selected {
+            engine: Box::new(TractEngine::load(bundle)?),
+            fallback,
+        })
+    };
     match kind {
-        EngineKind::Tract => Ok(Box::new(TractEngine::load(bundle)?)),
+        EngineKind::Tract => tract(None),
+        EngineKind::Tensorrt => Ok(Selected {
+            engine: tensorrt::open(bundle, options)?,
+            fallback: None,
+        }),
+        EngineKind::Auto => match tensorrt::open(bundle, options) {
+            Ok(engine) => Ok(Selected {
+                engine,
+                fallback: None,
+            }),
+            Err(reason) => tract(Some(reason)),
+        },
     }
+}
+
+/// Opens the engine `kind` for `bundle` with TensorRT's default places, dropping the
+/// fallback reason (for callers that report the engine's name only).
+pub fn open(bundle: &Bundle, kind: EngineKind) -> Result<Box<dyn Engine>, EngineError> {
+    Ok(select(bundle, kind, &TrtOptions::for_bundle(bundle))?.engine)
 }
