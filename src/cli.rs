@@ -59,6 +59,8 @@ pub enum Command {
     /// Model bundle tools.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Measure the pipeline's stages on a bundle and check the performance budgets.
+    Bench(crate::bench::cli::BenchArgs),
 }
 
 /// `echoview ecg ...`
@@ -349,6 +351,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Clips(args) => clips(&args),
         Command::Run(args) => crate::daemon::cli::run(&args),
         Command::Watch(args) => crate::daemon::cli::watch(&args),
+        Command::Bench(args) => crate::bench::cli::run(&args),
         Command::Ecg(EcgCommand::Detect(args)) => {
             let samples = read_samples(&args.file, args.format)?;
             let peaks = detect_all(&samples, args.fs)

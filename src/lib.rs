@@ -8,6 +8,7 @@
 //! together; [`bundle`] loads and verifies the model they run.
 
 pub mod beats;
+pub mod bench;
 pub mod bundle;
 pub mod capture;
 pub mod classify;

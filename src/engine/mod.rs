@@ -7,7 +7,7 @@
 
 mod tract;
 
-pub use self::tract::TractEngine;
+pub use self::tract::{TractEngine, set_threads};
 
 use crate::bundle::Bundle;
 
