@@ -241,7 +241,10 @@ pub fn budgets(
                 figures.encoder.median_ms
             ),
         ),
-        None => Verdict::unmeasured("the daemon published no labels in the time given".into()),
+        None => Verdict::unmeasured(
+            "no daemon figure: skipped (--no-daemon) or no label in time (see label_latency_error)"
+                .into(),
+        ),
     };
     out.insert("label_latency", latency);
     out.insert(
