@@ -69,6 +69,8 @@ pub enum Command {
     Dicom(crate::dicom::info::DicomCommand),
     /// Check that this cart can run: devices, ECG signal, model, socket, disk, clock.
     Doctor(crate::doctor::command::DoctorArgs),
+    /// Measure the pipeline's stages on a bundle and check the performance budgets.
+    Bench(crate::bench::cli::BenchArgs),
 }
 
 /// `echoview ecg ...`
@@ -386,6 +388,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => crate::daemon::cli::run(&args),
         Command::Watch(args) => crate::daemon::cli::watch(&args),
         Command::Doctor(args) => crate::doctor::command::run(&args),
+        Command::Bench(args) => crate::bench::cli::run(&args),
         Command::Ecg(EcgCommand::Detect(args)) => {
             let samples = read_samples(&args.file, args.format)?;
             let peaks = detect_all(&samples, args.fs)

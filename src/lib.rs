@@ -10,6 +10,7 @@
 pub mod agreement;
 pub mod batch;
 pub mod beats;
+pub mod bench;
 pub mod bundle;
 pub mod capture;
 pub mod classify;

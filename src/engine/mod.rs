@@ -12,7 +12,7 @@ pub mod tensorrt;
 mod tract;
 
 pub use self::tensorrt::{FallbackReason, TrtOptions};
-pub use self::tract::TractEngine;
+pub use self::tract::{TractEngine, set_threads};
 
 use crate::bundle::Bundle;
 

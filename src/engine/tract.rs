@@ -14,12 +14,31 @@ use crate::bundle::Bundle;
 
 type Plan = TypedSimpleState;
 
+/// Sets how many threads tract's matrix products (and large elementwise kernels) use, for
+/// every tract model in this process: tract keeps one process-wide executor, single-threaded
+/// until told otherwise. `1` (or `0`) runs inline on the caller's thread; more spawns a
+/// private pool of that many threads. Call it before loading when comparing thread counts.
+pub fn set_threads(threads: usize) {
+    let executor = if threads <= 1 {
+        tract_linalg::multithread::Executor::SingleThread
+    } else {
+        tract_linalg::multithread::Executor::multithread(threads)
+    };
+    tract_linalg::multithread::set_default_executor(executor);
+}
+
 /// Encoder and head, optimised for the bundle's shapes.
 pub struct TractEngine {
     /// The encoder's runnable state.
     encoder: Plan,
     /// The head's runnable state.
     head: Plan,
+    /// The encoder's input tensor, refilled every frame instead of allocated: tract hands
+    /// inputs around as shared tensors and drops its references when a run ends, so the
+    /// buffer is ours again for the next frame.
+    encoder_input: Arc<Tensor>,
+    /// The head's input tensor, reused the same way.
+    head_input: Arc<Tensor>,
     /// Encoder input shape `[1, C, H, W]`.
     image_shape: [usize; 4],
     /// Head input shape `[1, T, D]`.
@@ -63,9 +82,20 @@ impl TractEngine {
                 (&m.head.alpha, vec![1, 1]),
             ],
         )?;
+        let zeros = |shape: &[usize]| Tensor::zero::<f32>(shape).map(Arc::new);
+        let encoder_input = zeros(&image_shape).map_err(|e| EngineError::Load {
+            file: m.encoder.file.clone(),
+            message: format!("{e:#}"),
+        })?;
+        let head_input = zeros(&features_shape).map_err(|e| EngineError::Load {
+            file: m.head.file.clone(),
+            message: format!("{e:#}"),
+        })?;
         Ok(TractEngine {
             encoder,
             head,
+            encoder_input,
+            head_input,
             image_shape,
             features_shape,
             feature_dim,
@@ -160,10 +190,11 @@ fn load_plan(
     TypedSimpleState::new(&plan).map_err(|e| load(format!("{e:#}")))
 }
 
-/// Runs `state` on one f32 input of `shape`.
+/// Runs `state` on `data`, copied into the reused input tensor `input` of `shape`.
 fn run(
     state: &mut Plan,
     file: &str,
+    input: &mut Arc<Tensor>,
     shape: &[usize],
     data: &[f32],
 ) -> Result<TVec<TValue>, EngineError> {
@@ -171,8 +202,19 @@ fn run(
         file: file.to_string(),
         message: format!("{e:#}"),
     };
-    let input = Tensor::from_shape(shape, data).map_err(run_err)?;
-    state.run(tvec!(input.into())).map_err(run_err)
+    match Arc::get_mut(input) {
+        Some(tensor) => {
+            let mut view = tensor.to_plain_array_view_mut::<f32>().map_err(run_err)?;
+            for (d, v) in view.iter_mut().zip(data) {
+                *d = *v;
+            }
+        }
+        // Still shared (a runtime that kept a reference): fall back to a fresh tensor.
+        None => *input = Arc::new(Tensor::from_shape(shape, data).map_err(run_err)?),
+    }
+    state
+        .run(tvec!(TValue::from_const(input.clone())))
+        .map_err(run_err)
 }
 
 /// Copies an f32 output tensor into `dst`.
@@ -221,6 +263,7 @@ impl Engine for TractEngine {
         let out = run(
             &mut self.encoder,
             &self.encoder_file,
+            &mut self.encoder_input,
             &self.image_shape,
             image,
         )?;
@@ -239,6 +282,7 @@ impl Engine for TractEngine {
         let out = run(
             &mut self.head,
             &self.head_file,
+            &mut self.head_input,
             &self.features_shape,
             features,
         )?;
