@@ -536,22 +536,21 @@ fn ecg_lead_off_saturation_and_a_full_disk_are_reported_and_classifying_goes_on(
             .last()
             .is_some_and(|s| s.ecg.quality == "good" && s.gating == "ecg")
     });
-    for fault in ["lead-off (flat)"] {
-        c.read_until(Duration::from_secs(40), |c| {
-            c.statuses.last().is_some_and(|s| s.ecg.quality != "good")
-        });
-        let bad = c.status().clone();
-        let recovered = c.read_until(Duration::from_secs(40), |c| {
-            c.statuses
-                .last()
-                .is_some_and(|s| s.ecg.quality == "good" && s.gating == "ecg")
-        });
-        eprintln!(
-            "{fault}: ecg quality {}, gating {}, time-gated beats {}; ECG gating back {recovered:?} \
-             after the first bad status",
-            bad.ecg.quality, bad.gating, bad.beats.time_gated
-        );
-    }
+    // Flat lead-off: the status leaves "good" ECG, and ECG gating comes back after it.
+    c.read_until(Duration::from_secs(40), |c| {
+        c.statuses.last().is_some_and(|s| s.ecg.quality != "good")
+    });
+    let bad = c.status().clone();
+    let recovered = c.read_until(Duration::from_secs(40), |c| {
+        c.statuses
+            .last()
+            .is_some_and(|s| s.ecg.quality == "good" && s.gating == "ecg")
+    });
+    eprintln!(
+        "lead-off (flat): ecg quality {}, gating {}, time-gated beats {}; ECG gating back \
+         {recovered:?} after the first bad status",
+        bad.ecg.quality, bad.gating, bad.beats.time_gated
+    );
     // Saturation (railed), to the end of the file: what the status says over time.
     c.read_until(Duration::from_secs(40), |c| {
         c.statuses.last().is_some_and(|s| s.video.state != "open")
@@ -794,4 +793,150 @@ fn a_disk_that_fills_while_recording_keeps_what_was_written_and_recovers_when_fr
         "labels after recovery lost"
     );
     drop(disk);
+}
+
+/// An ECG board on a pseudo-terminal sending `blocks` in real time from a thread; dropping it
+/// is pulling the cable (the pty disappears).
+struct PtyBoard {
+    device: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PtyBoard {
+    fn start(blocks: Vec<echoview::media::EcgBlock>) -> PtyBoard {
+        use echoview::serial::emulator::WireFormat;
+        use echoview::serial::{Emulator, EmulatorConfig, SampleWidth};
+        let format = WireFormat::Binary {
+            width: SampleWidth::I16,
+        };
+        let mut emulator = Emulator::open_pty(EmulatorConfig::new(format)).unwrap();
+        let device = emulator.device().to_path_buf();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for block in &blocks {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                // A board keeps sampling while nobody reads its port: what cannot be written
+                // is lost, as on a real UART.
+                let _ = emulator.send(block);
+            }
+        });
+        PtyBoard {
+            device,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PtyBoard {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Points the symlink `link` at `target`, atomically (as a udev rule re-creates
+/// /dev/echoview-ecg for a replugged board).
+fn point(link: &Path, target: &Path) {
+    let tmp = link.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+// Fails today: after the board's pty goes away the daemon's ECG status stays `open` (no
+// error, `errors.source` 0) and it never reopens the re-pointed link, although
+// `SerialReader` alone detects the same hang-up (tests/serial_pty.rs). See
+// docs/reliability.md; run it with `-- --ignored` when working on the fix.
+#[test]
+#[ignore = "finding: the daemon does not notice a serial hang-up; see docs/reliability.md"]
+fn serial_ecg_unplugged_and_replugged_mid_beat_recovers_and_records_every_label() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let session = session(dir, 12, Vec::new());
+    let blocks: Vec<_> = SessionReader::open(&session)
+        .unwrap()
+        .filter_map(|e| match e.unwrap() {
+            SessionEvent::Ecg(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let link = dir.join("echoview-ecg");
+    let board = PtyBoard::start(blocks.clone());
+    point(&link, &board.device);
+    let mut daemon = Daemon::start(
+        dir,
+        &session,
+        "[record]\nflush_s = 0.5\n",
+        &["--ecg", link.to_str().unwrap()],
+    );
+    let mut c = Client::connect(&daemon.socket);
+    c.read_until(Duration::from_secs(40), |c| {
+        c.views.len() >= 2 && c.statuses.last().is_some_and(|s| s.gating == "ecg")
+    });
+    // Pull the cable (at an arbitrary point of a beat), leave it out 3 s, plug in a board
+    // that continues the signal.
+    eprintln!("ECG-gated labels flowing: {:?}", c.status().ecg);
+    let sent_before = c.views.len();
+    drop(board);
+    c.read_until(Duration::from_secs(20), |c| {
+        c.statuses
+            .last()
+            .is_some_and(|s| !s.ecg.up || s.gating != "ecg")
+    });
+    let unplugged = c.status().clone();
+    eprintln!("unplug seen: {:?}", unplugged.ecg);
+    std::thread::sleep(Duration::from_secs(3));
+    let board = PtyBoard::start(blocks[blocks.len() / 2..].to_vec());
+    point(&link, &board.device);
+    let replugged = Instant::now();
+    let waited = Instant::now();
+    while !c
+        .statuses
+        .last()
+        .is_some_and(|s| s.ecg.up && s.gating == "ecg")
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(40),
+            "no ECG gating after replugging: {:?}\n{}",
+            c.status(),
+            daemon.log()
+        );
+        c.read();
+    }
+    let recovery = replugged.elapsed();
+    eprintln!("replugged: {:?}", c.status().ecg);
+    let views = c.views.len();
+    c.read_until(Duration::from_secs(20), |c| c.views.len() >= views + 2);
+    let status = c.status().clone();
+    eprintln!(
+        "unplugged: ecg up {} state {} gating {} ({:?}); ECG gating back {recovery:?} after \
+         replugging; reconnects seen: errors.source {}",
+        unplugged.ecg.up,
+        unplugged.ecg.state,
+        unplugged.gating,
+        unplugged.ecg.error,
+        status.errors.source
+    );
+    assert!(c.views.len() > sent_before, "labels kept coming");
+    drop(board);
+    let (exit, _) = daemon.terminate();
+    assert!(exit.success(), "{}", daemon.log());
+    let (recorded, _) = daemon.recorded_beats();
+    let missing: Vec<u64> = c
+        .views
+        .iter()
+        .map(|v| v.beat)
+        .filter(|b| !recorded.contains(b))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "labels sent but not recorded: {missing:?}"
+    );
 }

@@ -30,8 +30,30 @@ const TARGETS: [Target; 5] = [
     ("socket_client", bodies::socket_client),
 ];
 
-/// Mutations tried per seed: enough to shake out shallow bugs in a few seconds in all.
+/// Mutations tried per seed in CI: enough to shake out shallow bugs in a few seconds in all.
 const MUTATIONS_PER_SEED: usize = 1000;
+
+/// Mutations per seed: `ECHOVIEW_FUZZ_MUTATIONS` for a longer blind run (where libFuzzer is
+/// not available), else [`MUTATIONS_PER_SEED`].
+fn mutations_per_seed() -> usize {
+    std::env::var("ECHOVIEW_FUZZ_MUTATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(MUTATIONS_PER_SEED)
+}
+
+/// The generator's seed: `ECHOVIEW_FUZZ_SEED` to explore other inputs, else a fixed one.
+fn rng_seed() -> u64 {
+    std::env::var("ECHOVIEW_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x0ec4_0b1e_5eed_0001)
+}
+
+/// Runs only the target named by `ECHOVIEW_FUZZ_TARGET`, if set.
+fn selected(target: &str) -> bool {
+    std::env::var("ECHOVIEW_FUZZ_TARGET").map_or(true, |t| t == target)
+}
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -115,8 +137,13 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
 
 #[test]
 fn every_target_survives_its_corpus_and_bounded_mutations() {
-    let mut rng = Rng(0x0ec4_0b1e_5eed_0001);
+    let mut rng = Rng(rng_seed());
+    let per_seed = mutations_per_seed();
     for (target, body) in TARGETS {
+        if !selected(target) {
+            continue;
+        }
+        let started = std::time::Instant::now();
         let seeds = corpus(target);
         assert!(!seeds.is_empty(), "fuzz/corpus/{target} is empty");
         for (name, bytes) in &seeds {
@@ -127,7 +154,7 @@ fn every_target_survives_its_corpus_and_bounded_mutations() {
         let mut tried = 0;
         for (i, (name, bytes)) in seeds.iter().enumerate() {
             let other = &seeds[(i + 1) % seeds.len()].1;
-            for m in 0..MUTATIONS_PER_SEED {
+            for m in 0..per_seed {
                 let input = mutate(&mut rng, bytes, other);
                 let outcome = std::panic::catch_unwind(|| body(&input));
                 assert!(
@@ -138,7 +165,12 @@ fn every_target_survives_its_corpus_and_bounded_mutations() {
                 tried += 1;
             }
         }
-        eprintln!("{target}: {} seeds, {tried} mutations", seeds.len());
+        let took = started.elapsed().as_secs_f64();
+        eprintln!(
+            "{target}: {} seeds, {tried} mutations in {took:.1} s ({:.0} execs/s)",
+            seeds.len(),
+            tried as f64 / took
+        );
     }
 }
 
@@ -153,8 +185,8 @@ fn write_seeds() {
     };
 
     // Serial: byte 0 = mode (bit 0 binary, bits 1-3 lead, bit 4 replug), bytes 1-2 chunking.
-    let ascii: String = (0..120)
-        .map(|i| format!("{},{}\n", (i * 37 % 200) as i32 - 100, i % 7))
+    let ascii: String = (0..120i32)
+        .map(|i| format!("{},{}\n", i * 37 % 200 - 100, i % 7))
         .collect();
     put(
         "serial_ecg",
