@@ -64,7 +64,18 @@ impl Daemon {
         let config_path = dir.join("echoview.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_echoview"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_echoview"));
+        // SAFETY: close_range only marks descriptors close-on-exec; it allocates nothing and
+        // is async-signal-safe, as a pre_exec hook must be.
+        unsafe {
+            // serialport's pty pairs are opened without O_CLOEXEC: a daemon inheriting a
+            // board's master end would keep the pty alive after the board "unplugs" it.
+            command.pre_exec(|| {
+                libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32);
+                Ok(())
+            });
+        }
+        let child = command
             .arg("run")
             .args(["--config", config_path.to_str().unwrap()])
             .args(["--play", session.to_str().unwrap()])
@@ -850,12 +861,7 @@ fn point(link: &Path, target: &Path) {
     std::fs::rename(&tmp, link).unwrap();
 }
 
-// Fails today: after the board's pty goes away the daemon's ECG status stays `open` (no
-// error, `errors.source` 0) and it never reopens the re-pointed link, although
-// `SerialReader` alone detects the same hang-up (tests/serial_pty.rs). See
-// docs/reliability.md; run it with `-- --ignored` when working on the fix.
 #[test]
-#[ignore = "finding: the daemon does not notice a serial hang-up; see docs/reliability.md"]
 fn serial_ecg_unplugged_and_replugged_mid_beat_recovers_and_records_every_label() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
