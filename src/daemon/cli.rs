@@ -116,7 +116,8 @@ impl RunArgs {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT; exits 0 after a clean stop.
+/// Runs the daemon until SIGTERM or SIGINT (SIGHUP is logged and ignored); exits 0 after a
+/// clean stop.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if args.sim && (args.video.is_some() || args.ecg.is_some()) {
         anyhow::bail!(
@@ -140,11 +141,21 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        // SIGHUP's default action kills the process mid-write (a terminal closing, a careless
+        // `kill -HUP` by habit): it is caught and answered in the log instead.
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let daemon = Daemon::from_config(config, notifier)?;
         let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = hup.recv() => log::log(
+                        Level::Notice,
+                        "SIGHUP ignored: the configuration is read at start only; restart the \
+                         service (systemctl restart echoview) to apply changes",
+                    ),
+                }
             }
         };
         let report = daemon.run(shutdown).await?;

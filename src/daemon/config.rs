@@ -492,7 +492,8 @@ impl Config {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from(DEFAULT_CONFIG), false),
         };
-        match std::fs::read_to_string(&path) {
+        // Refuses a file another user could write: it decides what the cart shows.
+        match super::trust::read_config(&path) {
             Ok(text) => Ok(Loaded {
                 config: Config::parse(&text, &path)?,
                 path: Some(path),

@@ -33,6 +33,7 @@ pub mod live;
 pub mod log;
 pub mod lookahead;
 pub mod notify;
+pub mod peer;
 pub mod protocol;
 pub mod record;
 pub mod shared;
@@ -40,6 +41,7 @@ pub mod socket;
 pub mod source;
 pub mod stability;
 pub mod sys;
+pub mod trust;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -297,6 +299,14 @@ impl Daemon {
             shared: shared.clone(),
             record: record_tx,
             notifier,
+            // bind() above resolved the group already, so the look-up succeeds here.
+            peers: peer::PeerPolicy::for_this_process(
+                config
+                    .socket
+                    .group
+                    .as_deref()
+                    .and_then(|g| sys::group_id(g).ok().flatten()),
+            ),
             stall: Duration::from_secs_f64(config.pipeline.stall_s),
             published: 0,
         };
@@ -1075,6 +1085,8 @@ struct Server {
     record: Option<SyncSender<RecordMsg>>,
     /// systemd.
     notifier: Notifier,
+    /// Who may connect, checked on each connection's peer credentials.
+    peers: peer::PeerPolicy,
     /// How long a thread may go without progress.
     stall: Duration,
     /// Views published so far.
@@ -1082,6 +1094,21 @@ struct Server {
 }
 
 impl Server {
+    /// Checks a new connection's peer credentials; `Err` says who was refused and why.
+    fn admit(&self, stream: &tokio::net::UnixStream) -> Result<(), String> {
+        match peer::peer_of(stream) {
+            Ok(p) if self.peers.allows(&p) => Ok(()),
+            Ok(p) => Err(format!(
+                "refused a client: uid {} gid {} (pid {}) is not root, the daemon's user or in \
+                 the socket's group; add the user to socket.group",
+                p.uid, p.gid, p.pid
+            )),
+            Err(e) => Err(format!(
+                "refused a client: its credentials are unreadable: {e}"
+            )),
+        }
+    }
+
     /// Serves until `shutdown` completes.
     async fn serve(
         &mut self,
@@ -1104,7 +1131,10 @@ impl Server {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        if !self.hub.add(stream) {
+                        if let Err(why) = self.admit(&stream) {
+                            Shared::count(&self.shared.counters.clients_refused);
+                            refusals.log(Level::Warning, Instant::now(), why);
+                        } else if !self.hub.add(stream) {
                             refusals.log(
                                 Level::Warning,
                                 Instant::now(),

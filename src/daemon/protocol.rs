@@ -362,6 +362,10 @@ pub struct Errors {
     pub engine_restarts: u64,
     /// Source failures (open or read).
     pub source: u64,
+    /// Connections refused because the peer's credentials are not root, the daemon's user or
+    /// the socket's group (see `daemon::peer`). Added in protocol 1 without a version change.
+    #[serde(default)]
+    pub clients_refused: u64,
     /// Recording failures.
     pub record: u64,
     /// ECG the detector could not take (e.g. an unsupported sampling rate).

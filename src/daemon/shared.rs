@@ -126,6 +126,8 @@ pub struct Counters {
     pub encoded_ahead: AtomicU64,
     /// Source failures.
     pub err_source: AtomicU64,
+    /// Connections refused on their peer credentials.
+    pub clients_refused: AtomicU64,
     /// Recording failures.
     pub err_record: AtomicU64,
     /// ECG the detector refused.
@@ -332,6 +334,7 @@ impl Shared {
                 engine: get(&c.err_engine),
                 engine_restarts: get(&c.engine_restarts),
                 source: get(&c.err_source),
+                clients_refused: get(&c.clients_refused),
                 record: get(&c.err_record),
                 ecg: get(&c.err_ecg),
                 last: lock(&self.last_error).clone(),
