@@ -463,19 +463,15 @@ fn simulate(
         let Some(writer) = writer.as_mut() else {
             continue;
         };
-        match event {
-            SimEvent::Frame { frame, truth } => {
+        match &event {
+            SimEvent::Frame { frame, .. } => {
                 frames += 1;
                 last_ns = frame.t_ns;
-                writer.write_frame(&frame)?;
-                writer.write_truth_view(frame.t_ns, truth)?;
             }
-            SimEvent::Ecg(block) => writer.write_ecg(&block)?,
-            SimEvent::RPeak { t_ns, sample_index } => {
-                beats += 1;
-                writer.write_truth_rpeak(t_ns, sample_index)?;
-            }
+            SimEvent::RPeak { .. } => beats += 1,
+            SimEvent::Ecg(_) => {}
         }
+        crate::sim::record::write_event(writer, &event)?;
     }
     if let Some(emulator) = emulator {
         let s = emulator.stats();

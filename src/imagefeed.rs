@@ -64,6 +64,9 @@ pub struct FeedStats {
     pub boundaries: u64,
     /// ECG blocks dropped because image gating was in force.
     pub ecg_dropped: u64,
+    /// The recording was too short to find beats in and was taken as one whole heartbeat
+    /// (a single-beat cine loop).
+    pub single_loop: bool,
 }
 
 /// Session inputs in, inputs for the cutter out, with image-derived boundaries added when
@@ -229,6 +232,9 @@ impl GatedFeed {
                 }
             }
         }
+        if last && boundaries.is_empty() && self.stats.boundaries == 0 {
+            boundaries = self.single_loop();
+        }
         let min_gap = (60e9 / self.config.max_bpm) as u64;
         let mut kept = Vec::new();
         for b in boundaries {
@@ -275,6 +281,27 @@ impl GatedFeed {
             .partition_point(|f| f.t_ns < cut.saturating_sub(CONTEXT_NS));
         self.frames.drain(..keep_from.min(self.pending_from));
         self.pending_from -= keep_from.min(self.pending_from);
+    }
+
+    /// A whole recording too short for its heartbeats to be found, lasting as long as one
+    /// heartbeat can (within the configured rates): taken as one heartbeat from its first
+    /// frame to its last. Carts export cine loops of whole beats, often exactly one, and
+    /// such a loop has no second end-diastole to find. Nothing otherwise.
+    fn single_loop(&mut self) -> Vec<u64> {
+        let (Some(first), Some(end)) = (self.frames.first(), self.frames.last()) else {
+            return Vec::new();
+        };
+        if self.handed_to != 0 {
+            return Vec::new();
+        }
+        let span = end.t_ns.saturating_sub(first.t_ns);
+        let shortest = (60e9 / self.config.max_bpm) as u64;
+        let longest = (60e9 / self.config.min_bpm) as u64;
+        if !(shortest..=longest).contains(&span) {
+            return Vec::new();
+        }
+        self.stats.single_loop = true;
+        vec![first.t_ns, end.t_ns]
     }
 
     /// Hands on the truth labels before `cut`.
@@ -352,6 +379,9 @@ pub fn describe(stats: &FeedStats) -> String {
         }
         if stats.ecg_dropped > 0 {
             s += &format!(", {} ECG blocks ignored", stats.ecg_dropped);
+        }
+        if stats.single_loop {
+            s += ", too short to find beats in: taken as one heartbeat, first frame to last";
         }
         s += ")";
     }

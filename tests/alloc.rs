@@ -21,10 +21,10 @@ use std::path::Path;
 use echoview::beats::BeatCutter;
 use echoview::bench::measure::{cart_frame, simulated_inputs};
 use echoview::bundle::Bundle;
-use echoview::classify::{FeatureCache, FeatureKey};
+use echoview::classify::FeatureCache;
 use echoview::engine::{self, EngineKind};
 use echoview::pipeline::Input;
-use echoview::preprocess::{BeatRegion, PreprocessConfig, Preprocessor, Rect};
+use echoview::preprocess::{PreprocessConfig, Preprocessor};
 
 /// The system allocator, counting allocations made on the current thread.
 struct Counting;
@@ -165,25 +165,15 @@ fn a_full_feature_cache_reuses_its_buffers() {
     let dim = 1408;
     let mut cache = FeatureCache::new(16);
     let features = vec![0.5f32; dim];
-    let key = |seq: u64| FeatureKey {
-        seq,
-        region: BeatRegion {
-            crop: Rect {
-                x: 0,
-                y: 0,
-                width: 1,
-                height: 1,
-            },
-            mask_fingerprint: 0,
-        },
-    };
+    // A 128x128 encoder input: the cache keeps each entry's tensor to match it exactly.
+    let tensor = vec![0.25f32; 128 * 128];
     for seq in 0..16 {
-        cache.insert(key(seq), &features);
+        cache.insert(seq, &tensor, &features);
     }
     for seq in 16..64 {
         let ((), n) = count(|| {
-            cache.insert(key(seq), &features);
-            assert!(cache.get(&key(seq)).is_some());
+            cache.insert(seq, &tensor, &features);
+            assert!(cache.get(seq, &tensor).is_some());
         });
         assert_eq!(n, 0, "insert into a full cache allocated {n} times");
     }

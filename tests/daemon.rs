@@ -28,8 +28,9 @@ use echoview::media::Frame;
 use echoview::pipeline::PipelineError;
 use echoview::serial::emulator::WireFormat;
 use echoview::serial::{Emulator, EmulatorConfig, SampleWidth};
-use echoview::session::{SessionEvent, SessionReader, SessionWriter};
-use echoview::sim::{LeadOffMode, LeadOffStretch, ScanScript, SimConfig, SimEvent, Simulator};
+use echoview::session::{SessionEvent, SessionReader};
+use echoview::sim::record::record;
+use echoview::sim::{LeadOffMode, LeadOffStretch, ScanScript, SimConfig};
 use echoview::views::View;
 
 fn demo_model() -> PathBuf {
@@ -45,18 +46,7 @@ fn session(dir: &Path, beats: u32, lead_off: Vec<LeadOffStretch>) -> PathBuf {
         lead_off,
         ..SimConfig::default()
     };
-    let mut writer = SessionWriter::create(&path).unwrap();
-    for event in Simulator::new(config).unwrap() {
-        match event {
-            SimEvent::Frame { frame, truth } => {
-                writer.write_frame(&frame).unwrap();
-                writer.write_truth_view(frame.t_ns, truth).unwrap();
-            }
-            SimEvent::Ecg(block) => writer.write_ecg(&block).unwrap(),
-            SimEvent::RPeak { .. } => {}
-        }
-    }
-    writer.finish().unwrap();
+    record(config, &path).unwrap();
     path
 }
 
@@ -844,4 +834,76 @@ fn a_failing_engine_is_restarted_then_replaced_by_tract() {
     assert_eq!(late.hello.as_ref().unwrap().engine, "tract");
     stop_tx.send(()).unwrap();
     assert!(server.join().unwrap().unwrap().beats_published >= 2);
+}
+
+#[test]
+fn a_recording_replays_to_the_labels_published_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let session = session(dir, 4, Vec::new());
+    let socket = dir.join("labels.sock");
+    let record = dir.join("rec");
+    let model = demo_model();
+    let mut child = start(
+        dir,
+        &[
+            "--play",
+            session.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+            "--record",
+            record.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--engine",
+            "tract",
+        ],
+        &[],
+    );
+    wait_for_socket(&socket, &mut child, dir);
+    let mut client = Client::connect(&socket);
+    client.read_until(Duration::from_secs(30), |c| {
+        c.statuses.last().is_some_and(|s| s.video.state == "ended")
+    });
+    let (exit, _) = terminate(&mut child);
+    assert!(exit.success(), "{}", daemon_log(dir));
+    let live = &client.views;
+    assert!(live.len() >= 5, "{} views", live.len());
+
+    let recording = std::fs::read_dir(&record)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_echoview"))
+        .args(["replay", "--engine", "tract", "--model"])
+        .arg(&model)
+        .arg(&recording)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Every beat published live is in the replay, with the same label and probabilities.
+    for view in live {
+        let twin = replayed
+            .iter()
+            .find(|r| (r["t"].as_f64().unwrap() - view.t).abs() < 0.002)
+            .unwrap_or_else(|| panic!("beat ending at {} s not replayed", view.t));
+        assert_eq!(twin["label"], view.label.as_str(), "beat at {} s", view.t);
+        let confidence = twin["confidence"].as_f64().unwrap();
+        assert!(
+            (confidence - f64::from(view.confidence)).abs() < 1e-5,
+            "beat at {} s: live {} replayed {confidence}",
+            view.t,
+            view.confidence
+        );
+    }
 }

@@ -450,3 +450,27 @@ fn replay_and_clips_take_dicom_files() {
     assert_eq!(index["beats"].as_array().unwrap().len(), 2);
     assert_eq!(index["beats"][0]["gating"], "ecg");
 }
+
+#[test]
+fn the_30_frame_cine_replays_end_to_end_with_image_gating() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
+    let out = echoview()
+        .arg("replay")
+        .arg(data("examples_ybr_color.dcm"))
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let beats: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // No ECG in the export and under a second of video: the loop is one heartbeat.
+    assert_eq!(beats.len(), 1, "{beats:?}");
+    assert_eq!(beats[0]["gating"], "image");
+    assert!(beats[0]["label"].is_string());
+    assert!(stderr.contains("taken as one heartbeat"), "{stderr}");
+}

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use echoview::session::SessionWriter;
-use echoview::sim::{ScanScript, SimConfig, SimEvent, Simulator};
+use echoview::sim::record::record;
+use echoview::sim::{ScanScript, SimConfig};
 use echoview::views::View;
 
 fn echoview() -> Command {
@@ -23,20 +23,7 @@ fn write_session(path: &Path, seed: u64, views: &[View]) {
         scan: ScanScript::from_views(views, 3),
         ..SimConfig::default()
     };
-    let mut writer = SessionWriter::create(path).unwrap();
-    for event in Simulator::new(config).unwrap() {
-        match event {
-            SimEvent::Frame { frame, truth } => {
-                writer.write_frame(&frame).unwrap();
-                writer.write_truth_view(frame.t_ns, truth).unwrap();
-            }
-            SimEvent::Ecg(block) => writer.write_ecg(&block).unwrap(),
-            SimEvent::RPeak { t_ns, sample_index } => {
-                writer.write_truth_rpeak(t_ns, sample_index).unwrap()
-            }
-        }
-    }
-    writer.finish().unwrap();
+    record(config, path).unwrap();
 }
 
 #[test]

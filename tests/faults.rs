@@ -16,8 +16,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use echoview::daemon::protocol::{Message, StatusMsg, ViewMsg};
-use echoview::session::{SessionEvent, SessionReader, SessionWriter};
-use echoview::sim::{LeadOffMode, LeadOffStretch, ScanScript, SimConfig, SimEvent, Simulator};
+use echoview::session::{SessionEvent, SessionReader};
+use echoview::sim::record::record;
+use echoview::sim::{LeadOffMode, LeadOffStretch, ScanScript, SimConfig};
 use echoview::views::View;
 
 fn demo_model() -> PathBuf {
@@ -32,18 +33,7 @@ fn session(dir: &Path, beats: u32, lead_off: Vec<LeadOffStretch>) -> PathBuf {
         lead_off,
         ..SimConfig::default()
     };
-    let mut writer = SessionWriter::create(&path).unwrap();
-    for event in Simulator::new(config).unwrap() {
-        match event {
-            SimEvent::Frame { frame, truth } => {
-                writer.write_frame(&frame).unwrap();
-                writer.write_truth_view(frame.t_ns, truth).unwrap();
-            }
-            SimEvent::Ecg(block) => writer.write_ecg(&block).unwrap(),
-            SimEvent::RPeak { .. } => {}
-        }
-    }
-    writer.finish().unwrap();
+    record(config, &path).unwrap();
     path
 }
 

@@ -11,6 +11,7 @@ use echoview::gate::SkippedBeat;
 use echoview::pipeline::{BeatReport, BeatSink, Pipeline};
 use echoview::replay::replay_session;
 use echoview::session::{SessionEvent, SessionReader, SessionWriter};
+use echoview::sim::record::record;
 use echoview::sim::{ScanScript, SimConfig, SimEvent, Simulator};
 use echoview::views::View;
 
@@ -37,20 +38,7 @@ fn replay_command(session: &Path) -> Command {
 
 /// Writes the session `config` describes, as `echoview sim` does.
 fn write_session(config: SimConfig, path: &Path) {
-    let mut writer = SessionWriter::create(path).unwrap();
-    for event in Simulator::new(config).unwrap() {
-        match event {
-            SimEvent::Frame { frame, truth } => {
-                writer.write_frame(&frame).unwrap();
-                writer.write_truth_view(frame.t_ns, truth).unwrap();
-            }
-            SimEvent::Ecg(block) => writer.write_ecg(&block).unwrap(),
-            SimEvent::RPeak { t_ns, sample_index } => {
-                writer.write_truth_rpeak(t_ns, sample_index).unwrap()
-            }
-        }
-    }
-    writer.finish().unwrap();
+    record(config, path).unwrap();
 }
 
 /// A sink that keeps everything, for assertions.

@@ -15,8 +15,8 @@ use echoview::engine::tensorrt::rebuild::{Rebuild, RebuildError, RebuildRequest}
 use echoview::engine::{self, EngineKind, FallbackReason, TrtOptions};
 use echoview::pipeline::{BeatReport, BeatSink, Pipeline};
 use echoview::replay::replay_session;
-use echoview::session::SessionWriter;
-use echoview::sim::{ScanScript, SimConfig, SimEvent, Simulator};
+use echoview::sim::record::record;
+use echoview::sim::{ScanScript, SimConfig};
 use echoview::views::View;
 
 fn repo() -> &'static Path {
@@ -34,20 +34,7 @@ fn write_session(path: &Path) {
         scan: ScanScript::from_views(&[View::Plax, View::A4c], 3),
         ..SimConfig::default()
     };
-    let mut writer = SessionWriter::create(path).unwrap();
-    for event in Simulator::new(config).unwrap() {
-        match event {
-            SimEvent::Frame { frame, truth } => {
-                writer.write_frame(&frame).unwrap();
-                writer.write_truth_view(frame.t_ns, truth).unwrap();
-            }
-            SimEvent::Ecg(block) => writer.write_ecg(&block).unwrap(),
-            SimEvent::RPeak { t_ns, sample_index } => {
-                writer.write_truth_rpeak(t_ns, sample_index).unwrap()
-            }
-        }
-    }
-    writer.finish().unwrap();
+    record(config, path).unwrap();
 }
 
 /// Counts classified beats.

@@ -45,7 +45,7 @@ pub enum EngineError {
     },
     /// `--engine tensorrt` was asked for and TensorRT cannot run (`auto` would fall back).
     #[error("the TensorRT engine cannot run: {0} (use --engine auto to fall back to tract)")]
-    TensorRt(#[from] FallbackReason),
+    TensorRt(Box<FallbackReason>),
     /// The caller passed a buffer of the wrong length (a bug, reported rather than panicking).
     #[error("{what}: expected {expected} values, got {actual}")]
     BadLength {
@@ -56,6 +56,14 @@ pub enum EngineError {
         /// Length given.
         actual: usize,
     },
+}
+
+impl From<FallbackReason> for EngineError {
+    /// Boxed: a fallback reason carries paths and versions, and an `EngineError` travels in
+    /// many `Result`s that should stay small.
+    fn from(reason: FallbackReason) -> EngineError {
+        EngineError::TensorRt(Box::new(reason))
+    }
 }
 
 /// Which engine to use.

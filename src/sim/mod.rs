@@ -38,6 +38,7 @@ mod config;
 mod ecg;
 mod overlay;
 mod phantom;
+pub mod record;
 mod render;
 mod rng;
 mod scan;
