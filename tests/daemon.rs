@@ -410,9 +410,12 @@ fn lost_ecg_degrades_to_time_gating_and_says_so() {
     );
     wait_for_socket(&socket, &mut child, dir);
     let mut c = Client::connect(&socket);
+    // A status counts the time-gated beats published before it, so wait for one that does.
     c.read_until(Duration::from_secs(20), |c| {
         c.views.iter().filter(|v| v.gating == "time").count() >= 2
-            && c.statuses.iter().any(|s| s.gating == "time")
+            && c.statuses
+                .iter()
+                .any(|s| s.gating == "time" && s.beats.time_gated >= 1)
     });
     for v in c.views.iter().filter(|v| v.gating == "time") {
         assert_eq!(v.hr_bpm, None, "{v:?}");
@@ -422,7 +425,7 @@ fn lost_ecg_degrades_to_time_gating_and_says_so() {
         .statuses
         .iter()
         .rev()
-        .find(|s| s.gating == "time")
+        .find(|s| s.gating == "time" && s.beats.time_gated >= 1)
         .unwrap();
     assert!(
         matches!(
