@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::ecg::{EcgError, QrsDetector, QualityMonitor};
-use crate::gate::{FrameStamp, Gate, GateConfig, GateEvent, Gating, Heartbeat, SkippedBeat};
+use crate::gate::{
+    FrameStamp, Gate, GateConfig, GateEvent, Gating, Heartbeat, SkippedBeat, nearest_in_time,
+};
 use crate::media::{EcgBlock, Frame};
 use crate::views::View;
 
@@ -219,14 +221,7 @@ impl BeatCutter {
     /// The held frame nearest to `t_ns`, by the gate's rule (the closer of the frames either
     /// side of it), so a frame picked ahead of time is the one the gate will pick.
     pub fn frame_near(&self, t_ns: u64) -> Option<&Frame> {
-        let after = self.frames.partition_point(|f| f.t_ns < t_ns);
-        [
-            after.checked_sub(1).and_then(|i| self.frames.get(i)),
-            self.frames.get(after),
-        ]
-        .into_iter()
-        .flatten()
-        .min_by_key(|f| f.t_ns.abs_diff(t_ns))
+        nearest_in_time(&self.frames, t_ns, |f| f.t_ns)
     }
 
     /// Capture time of the newest frame held.

@@ -160,6 +160,20 @@ struct PendingBeat {
     gating: Gating,
 }
 
+/// The item of `items` (in time order, `time` giving each one's time) nearest to `t_ns`: the
+/// closer of the items either side of it, the earlier on a tie. The gate picks phase frames
+/// by this rule, and whatever predicts its picks (`BeatCutter::frame_near`) must use the same.
+pub fn nearest_in_time<T>(items: &VecDeque<T>, t_ns: u64, time: impl Fn(&T) -> u64) -> Option<&T> {
+    let after = items.partition_point(|item| time(item) < t_ns);
+    [
+        after.checked_sub(1).and_then(|i| items.get(i)),
+        items.get(after),
+    ]
+    .into_iter()
+    .flatten()
+    .min_by_key(|item| time(item).abs_diff(t_ns))
+}
+
 /// The heartbeat gate. See the module documentation.
 #[derive(Debug)]
 pub struct Gate {
@@ -336,16 +350,7 @@ impl Gate {
     }
 
     fn nearest_frame(&self, t_ns: u64) -> Option<FrameStamp> {
-        let after = self.frames.partition_point(|f| f.t_ns < t_ns);
-        let candidates = [
-            after.checked_sub(1).and_then(|i| self.frames.get(i)),
-            self.frames.get(after),
-        ];
-        candidates
-            .into_iter()
-            .flatten()
-            .min_by_key(|f| f.t_ns.abs_diff(t_ns))
-            .copied()
+        nearest_in_time(&self.frames, t_ns, |f| f.t_ns).copied()
     }
 
     fn skip(&mut self, beat: PendingBeat, reason: SkipReason) {
