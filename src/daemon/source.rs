@@ -167,15 +167,27 @@ impl Pacer {
     }
 }
 
-/// Waits until `item` is due; `Idle` when that is more than [`MAX_BLOCK`] away (call again)
-/// and `None` when stopping.
-fn wait_due(pacer: &mut Pacer, item: &SourceItem, stop: &Stop) -> Option<bool> {
+/// What [`wait_due`] found.
+enum Due {
+    /// The item is due; it was due at this instant.
+    Reached(Instant),
+    /// It is due more than [`MAX_BLOCK`] from now: call again.
+    NotYet,
+    /// Stopping was asked for.
+    Stopping,
+}
+
+/// Waits until `item` is due, at most [`MAX_BLOCK`].
+fn wait_due(pacer: &mut Pacer, item: &SourceItem, stop: &Stop) -> Due {
     let due = pacer.due(item.available_ns());
     let horizon = Instant::now() + MAX_BLOCK;
     if !stop.sleep_until(due.min(horizon)) {
-        return None;
+        Due::Stopping
+    } else if due <= horizon {
+        Due::Reached(due)
+    } else {
+        Due::NotYet
     }
-    Some(due <= horizon)
 }
 
 /// Keeps the session clock, frame numbers and ECG sample indices moving forward across
@@ -361,18 +373,15 @@ impl Source for PlaySource {
             },
         };
         match wait_due(&mut self.pacer, &item, stop) {
-            Some(true) => Ok(Pulled::Item(match self.restamp {
-                Some(clock) => {
-                    let shown = clock.at(self.pacer.due(item.available_ns()));
-                    restamped(item, shown)
-                }
+            Due::Reached(shown) => Ok(Pulled::Item(match self.restamp {
+                Some(clock) => restamped(item, clock.at(shown)),
                 None => item,
             })),
-            Some(false) => {
+            Due::NotYet => {
                 self.pending = Some(item);
                 Ok(Pulled::Idle)
             }
-            None => Ok(Pulled::Idle),
+            Due::Stopping => Ok(Pulled::Idle),
         }
     }
 }
@@ -476,8 +485,8 @@ impl Source for SimSource {
             return Ok(Pulled::Idle);
         };
         match wait_due(&mut self.pacer, item, stop) {
-            Some(true) => Ok(self.pending.pop().map_or(Pulled::Idle, Pulled::Item)),
-            _ => Ok(Pulled::Idle),
+            Due::Reached(_) => Ok(self.pending.pop().map_or(Pulled::Idle, Pulled::Item)),
+            Due::NotYet | Due::Stopping => Ok(Pulled::Idle),
         }
     }
 }
