@@ -6,6 +6,8 @@
 //! simulator), socket and recording folder in a temporary directory, so the tests run in
 //! parallel and never touch /run or /etc.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{demo_model, session};
 use echoview::bundle::Bundle;
 use echoview::classify::BeatClassification;
 use echoview::daemon::config::Config;
@@ -29,26 +32,7 @@ use echoview::pipeline::PipelineError;
 use echoview::serial::emulator::WireFormat;
 use echoview::serial::{Emulator, EmulatorConfig, SampleWidth};
 use echoview::session::{SessionEvent, SessionReader};
-use echoview::sim::record::record;
-use echoview::sim::{LeadOffMode, LeadOffStretch, ScanScript, SimConfig};
-use echoview::views::View;
-
-fn demo_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo")
-}
-
-/// Writes a simulated session: `beats` heartbeats each of PLAX and A4C at 320x240, with
-/// truth, and optional lead-off stretches.
-fn session(dir: &Path, beats: u32, lead_off: Vec<LeadOffStretch>) -> PathBuf {
-    let path = dir.join("session.mcap");
-    let config = SimConfig {
-        scan: ScanScript::from_views(&[View::Plax, View::A4c], beats),
-        lead_off,
-        ..SimConfig::default()
-    };
-    record(config, &path).unwrap();
-    path
-}
+use echoview::sim::{LeadOffMode, LeadOffStretch};
 
 /// A config file for the tests (so nothing is read from /etc).
 fn config_file(dir: &Path, text: &str) -> PathBuf {

@@ -7,6 +7,8 @@
 //! is lost: every label a client was sent is in the recording, and the recording reads back.
 //! The results are tabulated in docs/reliability.md.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -15,27 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{demo_model, session};
 use echoview::daemon::protocol::{Message, StatusMsg, ViewMsg};
 use echoview::session::{SessionEvent, SessionReader};
-use echoview::sim::record::record;
-use echoview::sim::{LeadOffMode, LeadOffStretch, ScanScript, SimConfig};
-use echoview::views::View;
-
-fn demo_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo")
-}
-
-/// A simulated session of `beats` heartbeats each of PLAX and A4C, with `lead_off` faults.
-fn session(dir: &Path, beats: u32, lead_off: Vec<LeadOffStretch>) -> PathBuf {
-    let path = dir.join("session.mcap");
-    let config = SimConfig {
-        scan: ScanScript::from_views(&[View::Plax, View::A4c], beats),
-        lead_off,
-        ..SimConfig::default()
-    };
-    record(config, &path).unwrap();
-    path
-}
+use echoview::sim::{LeadOffMode, LeadOffStretch};
 
 /// A daemon under test: the child, its folder, socket and recording folder.
 struct Daemon {
