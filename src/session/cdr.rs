@@ -135,13 +135,9 @@ impl<'a> ImageMsg<'a> {
     ///
     /// Fails only if a string or the pixel data is longer than CDR's 32-bit lengths allow.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), String> {
-        out.clear();
-        out.reserve(64 + self.frame_id.len() + self.encoding.len() + self.data.len());
-        out.extend_from_slice(&ENCAPSULATION_CDR_LE);
-        let mut w = CdrWriter { out };
-        w.i32(self.sec);
-        w.u32(self.nanosec);
-        w.string(self.frame_id)?;
+        let size = 64 + self.frame_id.len() + self.encoding.len() + self.data.len();
+        let mut w = CdrWriter::start(out, size);
+        w.header(self.sec, self.nanosec, self.frame_id)?;
         w.u32(self.height);
         w.u32(self.width);
         w.string(self.encoding)?;
@@ -156,12 +152,12 @@ impl<'a> ImageMsg<'a> {
     /// The error says which field ran past the end or is malformed. Bytes after `data` are
     /// ignored, as CDR allows trailing padding.
     pub fn decode(payload: &'a [u8]) -> Result<ImageMsg<'a>, String> {
-        let body = check_header(payload)?;
-        let mut r = CdrReader { buf: body, pos: 0 };
+        let mut r = CdrReader::start(payload)?;
+        let (sec, nanosec, frame_id) = r.header()?;
         Ok(ImageMsg {
-            sec: r.i32("header.stamp.sec")?,
-            nanosec: r.u32("header.stamp.nanosec")?,
-            frame_id: r.string("header.frame_id")?,
+            sec,
+            nanosec,
+            frame_id,
             height: r.u32("height")?,
             width: r.u32("width")?,
             encoding: r.string("encoding")?,
@@ -192,13 +188,9 @@ impl<'a> CompressedImageMsg<'a> {
     ///
     /// Fails only if a string or the data is longer than CDR's 32-bit lengths allow.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), String> {
-        out.clear();
-        out.reserve(48 + self.frame_id.len() + self.format.len() + self.data.len());
-        out.extend_from_slice(&ENCAPSULATION_CDR_LE);
-        let mut w = CdrWriter { out };
-        w.i32(self.sec);
-        w.u32(self.nanosec);
-        w.string(self.frame_id)?;
+        let size = 48 + self.frame_id.len() + self.format.len() + self.data.len();
+        let mut w = CdrWriter::start(out, size);
+        w.header(self.sec, self.nanosec, self.frame_id)?;
         w.string(self.format)?;
         w.bytes(self.data)?;
         Ok(())
@@ -207,12 +199,12 @@ impl<'a> CompressedImageMsg<'a> {
     /// Parses a payload written by [`CompressedImageMsg::encode`] or any ROS 2 publisher; the
     /// error names the field that is cut short or malformed.
     pub fn decode(payload: &'a [u8]) -> Result<CompressedImageMsg<'a>, String> {
-        let body = check_header(payload)?;
-        let mut r = CdrReader { buf: body, pos: 0 };
+        let mut r = CdrReader::start(payload)?;
+        let (sec, nanosec, frame_id) = r.header()?;
         Ok(CompressedImageMsg {
-            sec: r.i32("header.stamp.sec")?,
-            nanosec: r.u32("header.stamp.nanosec")?,
-            frame_id: r.string("header.frame_id")?,
+            sec,
+            nanosec,
+            frame_id,
             format: r.string("format")?,
             data: r.bytes("data")?,
         })
@@ -243,7 +235,23 @@ struct CdrWriter<'o> {
     out: &'o mut Vec<u8>,
 }
 
-impl CdrWriter<'_> {
+impl<'o> CdrWriter<'o> {
+    /// Clears `out`, reserves `size` bytes and writes the encapsulation header, so every
+    /// message starts the same way.
+    fn start(out: &'o mut Vec<u8>, size: usize) -> CdrWriter<'o> {
+        out.clear();
+        out.reserve(size);
+        out.extend_from_slice(&ENCAPSULATION_CDR_LE);
+        CdrWriter { out }
+    }
+
+    /// The `std_msgs/Header` both message types begin with.
+    fn header(&mut self, sec: i32, nanosec: u32, frame_id: &str) -> Result<(), String> {
+        self.i32(sec);
+        self.u32(nanosec);
+        self.string(frame_id)
+    }
+
     /// Pads with zeros so the next primitive of `size` bytes is aligned.
     fn align(&mut self, size: usize) {
         let pos = self.out.len() - ENCAPSULATION_CDR_LE.len();
@@ -298,6 +306,23 @@ struct CdrReader<'a> {
 }
 
 impl<'a> CdrReader<'a> {
+    /// A reader over `payload`'s body, once its encapsulation header is checked.
+    fn start(payload: &'a [u8]) -> Result<CdrReader<'a>, String> {
+        Ok(CdrReader {
+            buf: check_header(payload)?,
+            pos: 0,
+        })
+    }
+
+    /// The `std_msgs/Header` both message types begin with: seconds, nanoseconds, frame id.
+    fn header(&mut self) -> Result<(i32, u32, &'a str), String> {
+        Ok((
+            self.i32("header.stamp.sec")?,
+            self.u32("header.stamp.nanosec")?,
+            self.string("header.frame_id")?,
+        ))
+    }
+
     /// The next `n` bytes, or an error naming `field` if the payload ends first.
     fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8], String> {
         let end = self.pos.checked_add(n).filter(|&end| end <= self.buf.len());
