@@ -132,6 +132,53 @@ impl Taps {
     }
 }
 
+/// Lanes of the horizontal pass's sums: windows are padded to a multiple of this.
+const LANES: usize = 8;
+
+/// The horizontal weights laid out for vectorised dot products: every window padded with
+/// zero weights to one length, a multiple of [`LANES`], and moved left where it would run
+/// past the row's end. Zero weights add nothing, so sums are exactly those of [`Taps`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PaddedTaps {
+    /// Weights per window; 0 when the row is narrower than a padded window (then the plain
+    /// [`Taps`] are used).
+    window: usize,
+    /// Each window's first column, relative to the first column the pass reads.
+    starts: Vec<usize>,
+    /// `window` weights per output sample, back to back.
+    weights: Vec<i16>,
+}
+
+impl PaddedTaps {
+    /// Lays out `taps` for rows of `width` columns starting at source column `first`.
+    fn compute(&mut self, taps: &Taps, first: usize, width: usize) {
+        self.starts.clear();
+        self.weights.clear();
+        let longest = taps
+            .spans
+            .iter()
+            .map(|s| s.weights.len())
+            .max()
+            .unwrap_or(0);
+        self.window = longest.div_ceil(LANES).max(1) * LANES;
+        if self.window > width {
+            self.window = 0;
+            return;
+        }
+        for span in &taps.spans {
+            let own = span.start - first;
+            let start = own.min(width - self.window);
+            let lead = own - start;
+            let weights = &taps.weights[span.weights.clone()];
+            self.starts.push(start);
+            self.weights.extend(std::iter::repeat_n(0, lead));
+            self.weights.extend_from_slice(weights);
+            let tail = self.window - lead - weights.len();
+            self.weights.extend(std::iter::repeat_n(0, tail));
+        }
+    }
+}
+
 /// Rounds a fixed-point sum at `precision` fractional bits to a pixel, saturating.
 fn to_pixel(sum: i32, precision: u8) -> u8 {
     (sum >> precision).clamp(0, 255) as u8
@@ -204,6 +251,8 @@ pub struct Resampler {
     source: Option<(usize, usize)>,
     /// Horizontal weights, source width to target width.
     horizontal: Taps,
+    /// [`Self::horizontal`] padded for the vectorised pass.
+    padded: PaddedTaps,
     /// Vertical weights, source height to target height.
     vertical: Taps,
     /// `f64` weights before quantisation, kept so recomputing allocates only when a size
@@ -227,6 +276,7 @@ impl Resampler {
             height: height as usize,
             source: None,
             horizontal: Taps::default(),
+            padded: PaddedTaps::default(),
             vertical: Taps::default(),
             scratch: Vec::new(),
             middle: Vec::new(),
@@ -244,6 +294,9 @@ impl Resampler {
         let src = src.get(..sw.checked_mul(sh)?)?;
         if self.source != Some((sw, sh)) {
             self.horizontal.compute(sw, self.width, &mut self.scratch);
+            let reach = self.horizontal.reach();
+            self.padded
+                .compute(&self.horizontal, reach.start, reach.len());
             self.vertical.compute(sh, self.height, &mut self.scratch);
             self.source = Some((sw, sh));
         }
@@ -258,6 +311,7 @@ impl Resampler {
             columns,
             vertical: &self.vertical,
             horizontal: &self.horizontal,
+            padded: &self.padded,
         };
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
@@ -282,6 +336,8 @@ struct Passes<'a> {
     vertical: &'a Taps,
     /// Horizontal weights.
     horizontal: &'a Taps,
+    /// The same, padded.
+    padded: &'a PaddedTaps,
 }
 
 impl Passes<'_> {
@@ -318,19 +374,36 @@ impl Passes<'_> {
         let taps = self.horizontal;
         let initial = half(taps.precision);
         let target_width = taps.spans.len();
+        let padded = self.padded;
         for (row, row_out) in middle
             .chunks_exact(width)
             .zip(out.chunks_exact_mut(target_width))
         {
-            for (span, o) in taps.spans.iter().zip(row_out) {
-                let start = span.start - self.columns.start;
-                let weights = &taps.weights[span.weights.clone()];
-                let pixels = &row[start..start + weights.len()];
-                let sum = pixels
-                    .iter()
-                    .zip(weights)
-                    .fold(initial, |s, (&p, &w)| s + i32::from(p) * i32::from(w));
-                *o = to_pixel(sum, taps.precision);
+            if padded.window == 0 {
+                for (span, o) in taps.spans.iter().zip(row_out) {
+                    let start = span.start - self.columns.start;
+                    let weights = &taps.weights[span.weights.clone()];
+                    let pixels = &row[start..start + weights.len()];
+                    let sum = pixels
+                        .iter()
+                        .zip(weights)
+                        .fold(initial, |s, (&p, &w)| s + i32::from(p) * i32::from(w));
+                    *o = to_pixel(sum, taps.precision);
+                }
+                continue;
+            }
+            let windows = padded.weights.chunks_exact(padded.window);
+            for ((&start, weights), o) in padded.starts.iter().zip(windows).zip(row_out) {
+                let pixels = &row[start..start + padded.window];
+                let mut sums = [0i32; LANES];
+                let (pixel_blocks, _) = pixels.as_chunks::<LANES>();
+                let (weight_blocks, _) = weights.as_chunks::<LANES>();
+                for (p, w) in pixel_blocks.iter().zip(weight_blocks) {
+                    for ((s, &p), &w) in sums.iter_mut().zip(p).zip(w) {
+                        *s += i32::from(p) * i32::from(w);
+                    }
+                }
+                *o = to_pixel(initial + sums.iter().sum::<i32>(), taps.precision);
             }
         }
     }
