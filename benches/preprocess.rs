@@ -7,13 +7,17 @@
 //! Two regions: `sector`, the crop and mask found from a synthetic beat (a 90-degree sector
 //! under a static overlay, as carts show it), and `full_frame`, the whole frame with a mask,
 //! the most work a frame can need. Each is timed three ways in the same run:
-//! * `fast`: [`Preprocessor::prepare_frame`] (vectorised luma and mask loops,
-//!   `fast_image_resize`'s SIMD convolution);
+//! * `fast`: [`Preprocessor::prepare_frame`] (vectorised luma and mask loops, our
+//!   [`Resampler`] with cached coefficients);
 //! * `scalar_naive`: straightforward per-pixel loops and a naive 4-tap bilinear sample per
 //!   output pixel (cheaper arithmetic than a proper downscale, which aliases, but the loops
 //!   are the ones a first implementation would write);
 //! * `scalar_conv`: the same per-pixel loops with a scalar separable triangle-filter
 //!   convolution, the filter `fast_image_resize` applies, so equal output for equal work.
+//!
+//! And the resize step alone, on the masked crop, both ways in the same run: `resize_ours`
+//! ([`Resampler`], what preprocessing uses) and `resize_fast_image_resize` (the crate it
+//! replaced, which allocates on every call), after checking they agree bit for bit.
 //!
 //! Before timing, the fast and `scalar_conv` tensors are checked to agree within one grey
 //! level, so the comparison is between implementations of the same thing.
@@ -21,6 +25,9 @@
 use divan::Bencher;
 use echoview::media::{Frame, PixelFormat};
 use echoview::preprocess::{ImageRegion, PreprocessConfig, Preprocessor, Rect};
+use echoview::resample::Resampler;
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 const W: u32 = 1920;
 const H: u32 = 1080;
@@ -269,5 +276,48 @@ fn scalar_conv(bencher: Bencher, full_frame: bool) {
     bencher.bench_local(|| {
         s.conv(&frame, region.crop(), &keep, &mut out);
         divan::black_box(&out);
+    });
+}
+
+/// The masked crop of the frame to time, as preprocessing hands it to the resampler.
+fn masked_crop(full_frame: bool) -> (Vec<u8>, Rect) {
+    let (frame, region, keep) = setup(full_frame);
+    let mut s = Scalar::new();
+    s.grey_crop_mask(&frame, region.crop(), &keep);
+    (s.crop, region.crop())
+}
+
+/// `crop` resized by `fast_image_resize`, reusing its resizer and output image.
+fn fir_resize(resizer: &mut Resizer, dst: &mut Image<'static>, crop: &[u8], rect: Rect) {
+    let src = ImageRef::new(rect.width, rect.height, crop, PixelType::U8).unwrap();
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    resizer.resize(&src, dst, &options).unwrap();
+}
+
+#[divan::bench(args = [false, true], name = "resize_ours")]
+fn resize_ours(bencher: Bencher, full_frame: bool) {
+    let (crop, rect) = masked_crop(full_frame);
+    let mut ours = Resampler::new(OUT, OUT);
+    let mut resizer = Resizer::new();
+    let mut theirs = Image::new(OUT, OUT, PixelType::U8);
+    fir_resize(&mut resizer, &mut theirs, &crop, rect);
+    assert_eq!(
+        ours.resize(&crop, rect.width, rect.height).unwrap(),
+        theirs.buffer(),
+        "the resamplers differ"
+    );
+    bencher.bench_local(|| {
+        divan::black_box(ours.resize(&crop, rect.width, rect.height));
+    });
+}
+
+#[divan::bench(args = [false, true], name = "resize_fast_image_resize")]
+fn resize_fast_image_resize(bencher: Bencher, full_frame: bool) {
+    let (crop, rect) = masked_crop(full_frame);
+    let mut resizer = Resizer::new();
+    let mut dst = Image::new(OUT, OUT, PixelType::U8);
+    bencher.bench_local(|| {
+        fir_resize(&mut resizer, &mut dst, &crop, rect);
+        divan::black_box(dst.buffer());
     });
 }

@@ -151,7 +151,8 @@ impl BeatCutter {
             ecg: None,
             gate: Gate::new(GateConfig::new(frames_per_beat)),
             frames: VecDeque::new(),
-            truth: VecDeque::new(),
+            // Full size from the start: growing it would allocate on the per-frame path.
+            truth: VecDeque::with_capacity(MAX_TRUTH),
             events: VecDeque::new(),
             stats: CutStats::default(),
         }

@@ -32,6 +32,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod recording;
 pub mod replay;
+pub mod resample;
 pub mod selftest;
 pub mod serial;
 pub mod session;

@@ -24,10 +24,8 @@
 //! from the captured bytes, masked, resized by `fast_image_resize` (SIMD convolution) and
 //! normalised, with loops written so the compiler vectorises them.
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-
 use crate::media::{Frame, PixelFormat};
+use crate::resample::Resampler;
 
 /// Fewer changing pixels than this fraction of the frame means the video is frozen or blank:
 /// then the whole frame is used unmasked, since a mask would erase everything.
@@ -266,8 +264,9 @@ impl ImageRegion {
 pub struct Preprocessor {
     /// Target size and normalisation.
     config: PreprocessConfig,
-    /// Kept across calls: it caches filter coefficients for a given size pair.
-    resizer: Resizer,
+    /// Kept across calls: it caches filter coefficients for the crop size and holds the
+    /// resized plane, so a frame is resized without allocating.
+    resampler: Resampler,
     /// Greyscale planes of the beat's frames, `width * height` each, reused.
     grey: Vec<Vec<u8>>,
     /// 1 where a pixel changes across the beat, reused.
@@ -276,8 +275,6 @@ pub struct Preprocessor {
     crop_buf: Vec<u8>,
     /// The luma of a decoded compressed frame, reused.
     decoded: Vec<u8>,
-    /// The resized plane of one frame, reused.
-    resized: Image<'static>,
     /// The region of the last beat prepared, for preparing frames of the next one before it
     /// closes.
     last_region: Option<ImageRegion>,
@@ -288,15 +285,13 @@ pub struct Preprocessor {
 impl Preprocessor {
     /// A preprocessor for `config`.
     pub fn new(config: PreprocessConfig) -> Preprocessor {
-        let resized = Image::new(config.width, config.height, PixelType::U8);
         Preprocessor {
+            resampler: Resampler::new(config.width, config.height),
             config,
-            resizer: Resizer::new(),
             grey: Vec::new(),
             changing: Vec::new(),
             crop_buf: Vec::new(),
             decoded: Vec::new(),
-            resized,
             last_region: None,
             region_beats: 0,
         }
@@ -536,13 +531,15 @@ impl Preprocessor {
             }
         }
         let crop = region.crop;
-        let src = ImageRef::new(crop.width, crop.height, &self.crop_buf, PixelType::U8)
-            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
-        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-        self.resizer
-            .resize(&src, &mut self.resized, &options)
-            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
-        Ok(self.resized.buffer())
+        let (crop_len, buf_len) = (crop.area(), self.crop_buf.len());
+        self.resampler
+            .resize(&self.crop_buf, crop.width, crop.height)
+            .ok_or_else(|| {
+                PreprocessError::Resize(format!(
+                    "a {}x{} crop needs {crop_len} pixels, the buffer holds {buf_len}",
+                    crop.width, crop.height
+                ))
+            })
     }
 }
 

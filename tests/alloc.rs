@@ -3,13 +3,22 @@
 //!
 //! The budget (issue 8) is zero per-frame allocations in steady state: a cart runs for hours,
 //! and an allocation per frame is both time on the hot path and a way for fragmentation to
-//! grow. The parts echoview owns are asserted to be zero after warm-up: the beat cutter
-//! taking a frame (the frame's own buffer comes from the capture, outside the count) and the
-//! feature cache once full. Preprocessing a frame into a reused tensor is not zero yet: the
-//! resampler it calls allocates on every call, so its count is pinned. tract's encoder is
-//! counted and printed (`cargo test --release --test alloc -- --nocapture`); it allocates
-//! every run (fresh intermediate and output tensors), so for it the test asserts only that
-//! the count does not grow from frame to frame.
+//! grow. Everything echoview runs per ECG sample or per video frame is asserted to allocate
+//! nothing after warm-up:
+//! * the QRS detector, per sample;
+//! * the beat cutter and the daemon's gating stage, per frame and per ECG block (the frame's
+//!   own buffer comes from the capture, outside the count), and the lookahead's phase
+//!   predictions;
+//! * preprocessing a frame into a reused tensor, from every uncompressed pixel format
+//!   (`GREY`, `YUYV`, `UYVY`, `NV12`, `RGB3`);
+//! * the feature cache once full, and assembling a beat's head input from cached features.
+//!
+//! Counted and printed but outside what echoview owns, so asserted only not to grow from frame
+//! to frame (`cargo test --release --test alloc -- --nocapture` prints every count):
+//! * tract's encoder and head, which allocate their intermediate tensors on every run;
+//! * `MJPG` frames, whose decoder (zune-jpeg) allocates its component buffers per image;
+//! * per-beat work: the gating stage copies a closed beat's T frames out of its history
+//!   (the beat outlives the history), and a beat's classification returns its probabilities.
 //!
 //! The counter is per thread, so the test harness's other threads do not disturb it; each
 //! test counts only on its own thread.
@@ -21,10 +30,15 @@ use std::path::Path;
 use echoview::beats::BeatCutter;
 use echoview::bench::measure::{cart_frame, simulated_inputs};
 use echoview::bundle::Bundle;
-use echoview::classify::FeatureCache;
+use echoview::classify::{Classifier, FeatureCache};
+use echoview::daemon::gating::{GatedEvent, GatingConfig, GatingStage};
+use echoview::daemon::lookahead::Lookahead;
+use echoview::daemon::source::SourceItem;
+use echoview::ecg::{QrsDetector, SampleFormat, read_samples};
 use echoview::engine::{self, EngineKind};
-use echoview::pipeline::Input;
-use echoview::preprocess::{PreprocessConfig, Preprocessor};
+use echoview::media::{Frame, PixelFormat};
+use echoview::pipeline::{Input, ModelStage};
+use echoview::preprocess::{ImageRegion, PreprocessConfig, Preprocessor, Rect};
 
 /// The system allocator, counting allocations made on the current thread.
 struct Counting;
@@ -77,89 +91,333 @@ fn demo() -> Bundle {
     Bundle::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo")).unwrap()
 }
 
-#[test]
-fn preprocessing_a_1080p_frame_allocates_a_fixed_count_after_warm_up() {
-    // Budget: zero. Measured: fast_image_resize 5 recomputes its filter coefficients (and
-    // collects row references) on every `Resizer::resize`, which our `Preprocessor` calls
-    // once per frame; everything else in `prepare_frame` reuses its buffers. Until the
-    // resampler caches its coefficients the test pins the count down, so that any new
-    // allocation on this path fails here.
-    let bundle = demo();
-    let beat: Vec<_> = (0..3).map(cart_frame).collect();
-    let refs: Vec<_> = beat.iter().collect();
-    let mut pre = Preprocessor::new(PreprocessConfig::for_bundle(&bundle));
-    let region = pre.find_region(&refs).unwrap();
-    let mut out = vec![0.0f32; pre.tensor_len()];
-    // Warm-up: the resizer sizes its buffers for this size pair.
-    pre.prepare_frame(&beat[0], &region, &mut out).unwrap();
-    let counts: Vec<u64> = beat
-        .iter()
-        .map(|frame| {
-            let (r, n) = count(|| pre.prepare_frame(frame, &region, &mut out));
+/// The `n` counts of calling `f` after one uncounted warm-up call.
+fn counts_after_warm_up<E: std::fmt::Debug>(
+    n: usize,
+    mut f: impl FnMut() -> Result<(), E>,
+) -> Vec<u64> {
+    f().unwrap();
+    (0..n)
+        .map(|_| {
+            let (r, k) = count(&mut f);
             r.unwrap();
-            n
+            k
         })
-        .collect();
-    eprintln!("prepare_frame (1080p YUYV -> 128x128): allocations per frame {counts:?}");
-    assert!(
-        counts.iter().all(|&n| n == counts[0]),
-        "allocations per frame vary: {counts:?}"
-    );
-    assert!(
-        counts[0] <= PREPROCESS_ALLOCATIONS,
-        "prepare_frame allocates {} times per frame, more than the {PREPROCESS_ALLOCATIONS} \
-         fast_image_resize accounts for",
-        counts[0]
-    );
+        .collect()
 }
 
-/// What `fast_image_resize`'s `resize` allocates per call for a 1080p sector to 128x128
-/// (measured; see the test above).
-const PREPROCESS_ALLOCATIONS: u64 = 262;
+#[test]
+fn the_qrs_detector_takes_samples_without_allocating() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mitbih/100.i16");
+    let samples = read_samples(&path, SampleFormat::I16Le).unwrap();
+    let fs = 360.0;
+    // Five minutes: the first minute fills the detector's rings and learns its thresholds.
+    let samples = &samples[..(300.0 * fs) as usize];
+    let warm_up = (60.0 * fs) as usize;
+    let mut detector = QrsDetector::new(fs).unwrap();
+    let mut peaks = 0usize;
+    for &s in &samples[..warm_up] {
+        peaks += usize::from(detector.push(s).is_some());
+    }
+    let (steady_peaks, n) = count(|| {
+        samples[warm_up..]
+            .iter()
+            .filter(|&&s| detector.push(s).is_some())
+            .count()
+    });
+    eprintln!(
+        "QRS detector: {n} allocations over {} samples ({} R-peaks) after warm-up",
+        samples.len() - warm_up,
+        steady_peaks
+    );
+    assert!(
+        peaks + steady_peaks > 300,
+        "only {} peaks",
+        peaks + steady_peaks
+    );
+    assert_eq!(n, 0, "the detector allocated {n} times");
+}
 
 #[test]
-fn the_beat_cutter_takes_a_frame_without_allocating_in_steady_state() {
+fn the_beat_cutter_takes_frames_and_ecg_without_allocating_in_steady_state() {
     // Ten seconds of a simulated scan, frames and ECG interleaved as a source delivers them.
     let inputs = simulated_inputs(6, 70.0).unwrap();
-    let total_frames = inputs
-        .iter()
-        .filter(|i| matches!(i, Input::Frame(_)))
-        .count();
+    let warm_up = inputs.len() / 3;
     let mut cutter = BeatCutter::new(demo().frames_per_beat());
-    let (mut frames, mut frame_allocs, mut other_allocs, mut beats) = (0usize, 0u64, 0u64, 0u64);
-    for input in inputs {
-        let is_frame = matches!(input, Input::Frame(_));
+    let (mut item_allocs, mut items, mut beat_allocs) = (0u64, 0usize, Vec::new());
+    for (i, input) in inputs.into_iter().enumerate() {
         let (r, n) = count(|| cutter.push(input));
         r.unwrap();
         // Drain events as a consumer does; a beat's event is per beat, not per frame.
+        let mut cut = false;
         while cutter.next_event().is_some() {
-            beats += 1;
-        }
-        if is_frame {
-            frames += 1;
+            cut = true;
         }
         // Warm-up: the first third fills the frame history and the detector's buffers.
-        if frames < total_frames / 3 {
+        if i < warm_up {
             continue;
         }
-        if is_frame {
-            frame_allocs += n;
+        if cut {
+            beat_allocs.push(n);
         } else {
-            other_allocs += n;
+            item_allocs += n;
+            items += 1;
         }
     }
     eprintln!(
-        "beat cutter, steady state: {frame_allocs} allocations over {} frame pushes; \
-         {other_allocs} over ECG and truth pushes ({beats} beats cut in all)",
-        total_frames - total_frames / 3
+        "beat cutter, steady state: {item_allocs} allocations over {items} frame, ECG and truth \
+         pushes that closed no beat; per push that closed one {beat_allocs:?} (the beat's frame \
+         list)"
     );
-    assert!(beats >= 6, "only {beats} beats were cut");
+    assert!(
+        beat_allocs.len() >= 6,
+        "only {} beats were cut",
+        beat_allocs.len()
+    );
     assert_eq!(
-        frame_allocs, 0,
-        "pushing frames allocated {frame_allocs} times"
+        item_allocs, 0,
+        "pushing inputs allocated {item_allocs} times"
     );
 }
 
+/// The source item a daemon source would deliver for a pipeline input (sources deliver no
+/// image-gating boundaries, and the simulator makes none).
+fn source_item(input: Input) -> Option<SourceItem> {
+    match input {
+        Input::Frame(f) => Some(SourceItem::Frame(f)),
+        Input::Ecg(b) => Some(SourceItem::Ecg(b)),
+        Input::Truth { t_ns, view } => Some(SourceItem::Truth { t_ns, view }),
+        Input::Boundary { .. } => None,
+    }
+}
+
+#[test]
+fn the_daemon_gating_and_lookahead_allocate_only_per_beat() {
+    // What the daemon's gating thread does per item, and what its inference thread does
+    // per frame encoded ahead once the frame is cached, driven in-process on a simulated
+    // scan. The thread hand-offs (channels, clones into the inbox) are left out.
+    let bundle = demo();
+    let t = bundle.frames_per_beat();
+    let inputs = simulated_inputs(6, 70.0).unwrap();
+    let warm_up = inputs.len() / 3;
+    let mut stage = GatingStage::new(GatingConfig {
+        frames_per_beat: t,
+        ecg_timeout_ns: 3_000_000_000,
+        window_ns: 1_000_000_000,
+    });
+    let mut lookahead = Lookahead::new(t);
+    let engine = engine::open(&bundle, EngineKind::Tract).unwrap();
+    let mut model = ModelStage::new(&bundle, engine);
+    let (mut item_allocs, mut beat_allocs, mut ahead_allocs) = (0u64, Vec::new(), 0u64);
+    let (mut beats, mut ahead_hits) = (0usize, 0usize);
+    let mut pending = Vec::with_capacity(4 * t);
+    for (i, item) in inputs.into_iter().filter_map(source_item).enumerate() {
+        let (r, pushed) = count(|| stage.push(item));
+        r.unwrap();
+        let mut cut = false;
+        while let Some(event) = stage.next_event() {
+            if let GatedEvent::Beat(gated) = event {
+                cut = true;
+                beats += 1;
+                lookahead.beat_cut(gated.beat.start_ns, gated.beat.end_ns);
+                let frames: Vec<&Frame> = gated.frames.iter().collect();
+                model.classify(&gated.beat, &frames).unwrap();
+            }
+        }
+        // The lookahead's predictions, as the gating thread asks for them after each item
+        // (`pending` has room for them all, as the inbox's fixed queue does).
+        let ((), due) = count(|| {
+            pending.clear();
+            if let Some(latest) = stage.latest_frame_ns() {
+                while let Some(phase_ns) = lookahead.due(latest) {
+                    if stage.frame_near(phase_ns).is_some() {
+                        pending.push(phase_ns);
+                    }
+                }
+            }
+        });
+        // Encoding ahead: the first call runs the encoder (tract allocates), a second finds
+        // the frame's features cached and must allocate nothing. The daemon hands the frame
+        // to the inference thread as a copy, once per predicted phase (not counted here).
+        let (mut hit_allocs, mut hits) = (0u64, 0usize);
+        for &phase_ns in &pending {
+            let Some(frame) = stage.frame_near(phase_ns).cloned() else {
+                continue;
+            };
+            model.encode_ahead(&frame).unwrap();
+            let (r, n) = count(|| model.encode_ahead(&frame));
+            if !r.unwrap() {
+                hit_allocs += n;
+                hits += 1;
+            }
+        }
+        if i < warm_up {
+            continue;
+        }
+        ahead_allocs += hit_allocs;
+        ahead_hits += hits;
+        if cut {
+            beat_allocs.push(pushed);
+        } else {
+            item_allocs += pushed + due;
+        }
+    }
+    eprintln!(
+        "daemon gating: {item_allocs} allocations over items that closed no beat; per closed \
+         beat {beat_allocs:?} (its T frames copied out); encode-ahead cache hits: \
+         {ahead_allocs} allocations over {ahead_hits}; {beats} beats"
+    );
+    assert!(beats >= 6, "only {beats} beats were cut");
+    assert!(
+        ahead_hits >= t,
+        "only {ahead_hits} frames were encoded ahead"
+    );
+    assert_eq!(item_allocs, 0, "gating items allocated {item_allocs} times");
+    assert!(
+        beat_allocs.iter().all(|&n| n == beat_allocs[0]),
+        "allocations per closed beat vary: {beat_allocs:?}"
+    );
+    assert_eq!(
+        ahead_allocs, 0,
+        "a cached frame ahead allocated {ahead_allocs} times"
+    );
+}
+
+/// `frame` (1080p YUYV) with its luma re-encoded as `format`: the same picture in each of
+/// the uncompressed formats a cart delivers (grey pixels, so RGB's luma is the same value).
+fn as_format(frame: &Frame, format: PixelFormat) -> Frame {
+    let (w, h) = (frame.width as usize, frame.height as usize);
+    let y = |x: usize, row: usize| frame.data[row * frame.stride as usize + 2 * x];
+    let bpp = format.bytes_per_pixel();
+    // Rows padded to 64 bytes, as capture drivers pad them.
+    let stride = (format.min_stride(frame.width) as usize).div_ceil(64) * 64;
+    let len = format
+        .image_len(stride as u32, frame.height)
+        .expect("uncompressed") as usize;
+    let mut data = vec![128u8; len];
+    for row in 0..h {
+        for x in 0..w {
+            let v = y(x, row);
+            let at = row * stride + x * bpp;
+            match format {
+                PixelFormat::Uyvy => data[at + 1] = v,
+                PixelFormat::Rgb24 => data[at..at + 3].fill(v),
+                _ => data[at] = v,
+            }
+        }
+    }
+    Frame {
+        stride: stride as u32,
+        format,
+        data,
+        ..frame.clone()
+    }
+}
+
+#[test]
+fn preprocessing_a_1080p_frame_allocates_nothing_after_warm_up_in_every_raw_format() {
+    let bundle = demo();
+    let yuyv: Vec<Frame> = (0..4).map(cart_frame).collect();
+    let mut tensors = Vec::new();
+    for format in [
+        PixelFormat::Yuyv,
+        PixelFormat::Uyvy,
+        PixelFormat::Grey8,
+        PixelFormat::Nv12,
+        PixelFormat::Rgb24,
+    ] {
+        let beat: Vec<Frame> = yuyv.iter().map(|f| as_format(f, format)).collect();
+        let refs: Vec<&Frame> = beat[..3].iter().collect();
+        let mut pre = Preprocessor::new(PreprocessConfig::for_bundle(&bundle));
+        let region = pre.find_region(&refs).unwrap();
+        assert!(
+            region.is_masked(),
+            "{}: the overlay is masked",
+            format.name()
+        );
+        let mut out = vec![0.0f32; pre.tensor_len()];
+        let mut frames = beat.iter().cycle();
+        let counts = counts_after_warm_up(6, || {
+            let frame = frames.next().expect("cycled");
+            pre.prepare_frame(frame, &region, &mut out)
+        });
+        eprintln!(
+            "prepare_frame (1080p {} -> {}x{}): allocations per frame {counts:?}",
+            format.name(),
+            bundle.manifest.input.width,
+            bundle.manifest.input.height
+        );
+        assert!(
+            counts.iter().all(|&n| n == 0),
+            "{}: prepare_frame allocates {counts:?}",
+            format.name()
+        );
+        tensors.push((format, out));
+    }
+    // The same picture in every format gives the same tensor: the count covered the same work.
+    for (format, tensor) in &tensors[1..] {
+        assert_eq!(tensor, &tensors[0].1, "{} differs from YUYV", format.name());
+    }
+}
+
+#[test]
+fn preprocessing_allocates_again_only_when_the_crop_grows() {
+    // A new region of the same or a smaller crop reuses the resampler's buffers; only a crop
+    // larger than any before needs more room, once.
+    let bundle = demo();
+    let frame = cart_frame(0);
+    let region = |width, height| {
+        ImageRegion::unmasked(Rect {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        })
+    };
+    let mut pre = Preprocessor::new(PreprocessConfig::for_bundle(&bundle));
+    let mut out = vec![0.0f32; pre.tensor_len()];
+    pre.prepare_frame(&frame, &region(1600, 900), &mut out)
+        .unwrap();
+    let (r, smaller) = count(|| pre.prepare_frame(&frame, &region(1200, 700), &mut out));
+    r.unwrap();
+    let (r, back) = count(|| pre.prepare_frame(&frame, &region(1600, 900), &mut out));
+    r.unwrap();
+    let (r, larger) = count(|| pre.prepare_frame(&frame, &region(1920, 1080), &mut out));
+    r.unwrap();
+    eprintln!("prepare_frame on a new crop: smaller {smaller}, back {back}, larger {larger}");
+    assert_eq!((smaller, back), (0, 0));
+    assert!(larger > 0, "a larger crop needs larger buffers");
+}
+
+#[test]
+fn mjpeg_frames_allocate_only_in_the_decoder_and_the_same_each_frame() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg/colour_422_45x29.jpg");
+    let data = std::fs::read(&path).unwrap();
+    let frame = Frame {
+        seq: 0,
+        t_ns: 0,
+        width: 45,
+        height: 29,
+        stride: 0,
+        format: PixelFormat::Mjpeg,
+        data,
+    };
+    let bundle = demo();
+    let mut pre = Preprocessor::new(PreprocessConfig::for_bundle(&bundle));
+    let region = ImageRegion::unmasked(Rect {
+        x: 2,
+        y: 1,
+        width: 40,
+        height: 27,
+    });
+    let mut out = vec![0.0f32; pre.tensor_len()];
+    let counts = counts_after_warm_up(4, || pre.prepare_frame(&frame, &region, &mut out));
+    eprintln!("prepare_frame (MJPG 45x29, zune-jpeg decoding): allocations per frame {counts:?}");
+    assert!(
+        counts.iter().all(|&n| n == counts[0]),
+        "allocations per MJPG frame vary: {counts:?}"
+    );
+}
 #[test]
 fn a_full_feature_cache_reuses_its_buffers() {
     let dim = 1408;
@@ -202,4 +460,50 @@ fn tract_encoder_allocations_per_frame_are_counted_and_do_not_grow() {
         counts.windows(2).all(|w| w[1] <= w[0]),
         "allocations per frame grow: {counts:?}"
     );
+}
+
+#[test]
+fn a_beat_of_cached_frames_allocates_only_what_the_head_and_its_result_need() {
+    // Assembling the head's input from cached features reuses the classifier's buffers: a
+    // beat whose frames are all cached allocates what tract's head allocates on its own,
+    // plus the beat's probabilities (the one vector a classification returns).
+    let bundle = demo();
+    let t = bundle.frames_per_beat();
+    let m = &bundle.manifest.input;
+    let len = (m.channels * m.width * m.height) as usize;
+    let tensors: Vec<f32> = (0..t * len).map(|i| (i % 97) as f32 / 97.0).collect();
+    let seqs: Vec<u64> = (100..100 + t as u64).collect();
+    let mut classifier = Classifier::new(
+        engine::open(&bundle, EngineKind::Tract).unwrap(),
+        bundle.labels.clone(),
+        t,
+        bundle.feature_dim(),
+        bundle.manifest.classify.reject_threshold,
+    );
+    let first = classifier.classify(&seqs, &tensors).unwrap();
+    assert_eq!(first.frames_encoded, t);
+    let mut beats = Vec::new();
+    let classify = counts_after_warm_up(3, || {
+        let c = classifier.classify(&seqs, &tensors)?;
+        beats.push(c.frames_encoded);
+        Ok::<(), echoview::engine::EngineError>(())
+    });
+    assert!(
+        beats.iter().all(|&n| n == 0),
+        "frames were encoded again: {beats:?}"
+    );
+
+    let mut head = engine::open(&bundle, EngineKind::Tract).unwrap();
+    let features = vec![0.5f32; t * bundle.feature_dim()];
+    let head_alone = counts_after_warm_up(3, || head.head(&features).map(|_| ()));
+    eprintln!(
+        "a beat of cached frames: classify allocates {classify:?}; tract's head alone {head_alone:?}"
+    );
+    for (c, h) in classify.iter().zip(&head_alone) {
+        assert_eq!(
+            *c,
+            h + 1,
+            "assembling the head input allocated: {classify:?} vs {head_alone:?}"
+        );
+    }
 }

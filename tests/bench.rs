@@ -31,6 +31,19 @@ fn quick_bench_reports_every_figure_and_budget() {
             report[key]
         );
     }
+    // The latency splits at the beat's cut, and the daemon ran as configured by default.
+    for key in ["label_latency_detection_ms", "label_latency_post_cut_ms"] {
+        let v = report[key].as_f64();
+        assert!(v.is_some_and(|v| v >= 0.0), "{key} = {:?}", report[key]);
+    }
+    assert_eq!(report["label_latency"]["lookahead"], true);
+    assert!(report["label_latency"]["encoded_at_cut"].is_array());
+    assert!(report["throughput"]["kept_up"].is_boolean());
+    assert!(
+        report["throughput"]["max_bpm"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0)
+    );
     assert_eq!(report["bundle"]["name"], "echoview-demo");
     assert_eq!(report["bundle"]["hash"].as_str().unwrap().len(), 64);
     assert!(report["bundle"]["version"].is_string());

@@ -278,25 +278,64 @@ pub fn replay(
     })
 }
 
-/// End-to-end label latency from the daemon, run in-process on the simulator.
+/// End-to-end label latency from the daemon, run in-process on the simulator with its
+/// default configuration (encoding ahead on) and tract's default single thread, as
+/// `echoview run` runs it. A label's latency splits at the beat's cut: the detection delay
+/// before it (the QRS detector confirming the closing R-peak) and the post-cut latency after
+/// it (what the engine adds: the head, and the frames not encoded ahead).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LatencyFigures {
-    /// The `latency_ms` the daemon published: from the delivery of the data that closed the
-    /// beat to publication.
+    /// The `latency_ms` the daemon published: from the delivery of the ECG block holding the
+    /// beat's closing R-peak to publication. Detection delay plus post-cut latency; what
+    /// `label_latency_ms` reports.
     pub published: Summary,
+    /// Detection delay: `latency_ms - inference_ms`, from the delivery of the ECG block
+    /// holding the closing R-peak to the beat's cut. The QRS detector's confirmation wait,
+    /// which a causal detector cannot avoid.
+    pub detection: Summary,
+    /// Post-cut latency: `inference_ms`, from the beat's cut to publication. The part the
+    /// latency budget is about.
+    pub post_cut: Summary,
     /// This client's own figure: time the label line was read minus the wall time at which
     /// the beat's end was played (session time `t` after the daemon started). It adds the
-    /// QRS detector's confirmation delay and the socket hop, and overstates by the daemon's
-    /// start-up time (the source's first item anchors the clock a little after our start).
+    /// socket hop, and overstates by the daemon's start-up time (the source's first item
+    /// anchors the clock a little after our start).
     pub client: Summary,
-    /// Labels received.
+    /// Frames the encoder ran on after each timed beat's cut (`encoded_at_cut`); 0 when all
+    /// T were encoded ahead.
+    pub encoded_at_cut: Vec<u32>,
+    /// From the daemon's last status: frames encoded ahead of their beat, beats classified,
+    /// and beats replaced by a fresher one before inference reached them (the engine fell
+    /// behind).
+    pub status: Option<StatusFigures>,
+    /// Labels timed.
     pub labels: usize,
-    /// Simulated heart rate (a beat must take longer than classifying it, or labels queue).
+    /// Simulated heart rate.
     pub bpm: f64,
+    /// Whether the daemon encoded ahead (`pipeline.lookahead`, on by default).
+    pub lookahead: bool,
+    /// tract threads the daemon ran with.
+    pub threads: usize,
 }
+
+/// Counters from the daemon's `status` message.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StatusFigures {
+    /// `beats.frames_encoded_ahead`.
+    pub frames_encoded_ahead: u64,
+    /// `beats.classified`.
+    pub beats_classified: u64,
+    /// `drops.beats`: beats a fresher one replaced before inference took them.
+    pub beats_dropped: u64,
+}
+
+/// tract threads the daemon runs with: it never sets a pool, so tract's default, one.
+pub const DAEMON_THREADS: usize = 1;
 
 /// Runs the daemon on a real-time simulated scan at `bpm` with `bundle` on `kind`, reads its
 /// socket until `labels` views arrived (after `skip` warm-up views) or `timeout` passed.
+/// Sets tract's threads to the daemon's ([`DAEMON_THREADS`]) for the rest of the process, so
+/// call it after the stages timed at another count.
 pub fn label_latency(
     bundle: &Bundle,
     kind: EngineKind,
@@ -308,8 +347,10 @@ pub fn label_latency(
     let err = stage("label latency");
     let socket = socket_path();
     let _ = std::fs::remove_file(&socket);
+    crate::engine::set_threads(DAEMON_THREADS);
     let mut config = Config::default();
     config.socket.path = socket.clone();
+    let lookahead = config.pipeline.lookahead;
     let sim = SimConfig {
         scan: ScanScript::from_views(&[View::Plax, View::A4c], 50),
         base_bpm: bpm,
@@ -344,18 +385,30 @@ pub fn label_latency(
     let _ = stop_tx.send(());
     let joined = server.join();
     let _ = std::fs::remove_file(&socket);
-    let (published, client) = result?;
+    let views = result?;
     match joined {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(err(format!("the daemon failed: {e}"))),
         Err(_) => return Err(err("the daemon thread panicked".into())),
     }
-    let n = published.len();
+    let summary = |samples: &[f64]| Summary::of(samples).ok_or_else(|| err("no labels".into()));
+    let detection: Vec<f64> = views
+        .published
+        .iter()
+        .zip(&views.post_cut)
+        .map(|(total, post)| total - post)
+        .collect();
     Ok(LatencyFigures {
-        published: Summary::of(&published).ok_or_else(|| err("no labels".into()))?,
-        client: Summary::of(&client).ok_or_else(|| err("no labels".into()))?,
-        labels: n,
+        published: summary(&views.published)?,
+        detection: summary(&detection)?,
+        post_cut: summary(&views.post_cut)?,
+        client: summary(&views.client)?,
+        encoded_at_cut: views.encoded_at_cut,
+        status: views.status,
+        labels: views.published.len(),
         bpm,
+        lookahead,
+        threads: DAEMON_THREADS,
     })
 }
 
@@ -364,14 +417,30 @@ fn socket_path() -> PathBuf {
     std::env::temp_dir().join(format!("echoview-bench-{}.sock", std::process::id()))
 }
 
-/// Connects to `socket` and collects `(published, client)` latencies of view messages.
+/// What the client read from the daemon's socket: per timed label, in order.
+#[derive(Debug, Default)]
+struct Views {
+    /// `latency_ms`.
+    published: Vec<f64>,
+    /// `inference_ms`.
+    post_cut: Vec<f64>,
+    /// Read time minus the beat's end, ms.
+    client: Vec<f64>,
+    /// `encoded_at_cut`.
+    encoded_at_cut: Vec<u32>,
+    /// The last status's counters.
+    status: Option<StatusFigures>,
+}
+
+/// Connects to `socket` and collects the latencies of view messages, after `skip`, until
+/// `labels` were timed or `timeout` passed.
 fn read_views(
     socket: &Path,
     started: Instant,
     skip: usize,
     labels: usize,
     timeout: Duration,
-) -> Result<(Vec<f64>, Vec<f64>), MeasureError> {
+) -> Result<Views, MeasureError> {
     let err = stage("label latency");
     let deadline = started + timeout;
     let stream = loop {
@@ -387,10 +456,10 @@ fn read_views(
         .set_read_timeout(Some(Duration::from_millis(500)))
         .map_err(|e| err(e.to_string()))?;
     let mut reader = BufReader::new(stream);
-    let (mut published, mut client) = (Vec::new(), Vec::new());
+    let mut views = Views::default();
     let mut seen = 0usize;
     let mut line = String::new();
-    while published.len() < labels && Instant::now() < deadline {
+    while views.published.len() < labels && Instant::now() < deadline {
         line.clear();
         match reader.read_line(&mut line) {
             Ok(0) => return Err(err("the daemon closed the socket".into())),
@@ -406,21 +475,33 @@ fn read_views(
             Err(e) => return Err(err(e.to_string())),
         }
         let received = started.elapsed().as_secs_f64();
-        if let Ok(Some(Message::View(view))) = Message::from_line(line.trim_end()) {
-            seen += 1;
-            if seen > skip {
-                published.push(view.latency_ms);
-                client.push((received - view.t) * 1e3);
+        match Message::from_line(line.trim_end()) {
+            Ok(Some(Message::View(view))) => {
+                seen += 1;
+                if seen > skip {
+                    views.published.push(view.latency_ms);
+                    views.post_cut.push(view.inference_ms);
+                    views.client.push((received - view.t) * 1e3);
+                    views.encoded_at_cut.push(view.encoded_at_cut);
+                }
             }
+            Ok(Some(Message::Status(status))) => {
+                views.status = Some(StatusFigures {
+                    frames_encoded_ahead: status.beats.frames_encoded_ahead,
+                    beats_classified: status.beats.classified,
+                    beats_dropped: status.drops.beats,
+                });
+            }
+            _ => {}
         }
     }
-    if published.is_empty() {
+    if views.published.is_empty() {
         return Err(err(format!(
             "no label within {:.0} s; a beat may take longer to classify than to happen (lower --bpm)",
             timeout.as_secs_f64()
         )));
     }
-    Ok((published, client))
+    Ok(views)
 }
 
 /// Peak resident set size of this process so far, MiB: `VmHWM` from `/proc/self/status`, or

@@ -181,7 +181,8 @@ impl GatingStage {
             latest_ecg: None,
             r_peaks: (0, None),
             last_poor_ns: None,
-            truth: VecDeque::new(),
+            // Full size from the start: growing it would allocate on the per-frame path.
+            truth: VecDeque::with_capacity(MAX_TRUTH),
             next_number: 0,
             events: VecDeque::new(),
         }
