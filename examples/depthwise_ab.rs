@@ -46,19 +46,27 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs `state` once, timing each op kind into `per`.
+/// Runs `state` once, timing each op kind into `per` and each node into `nodes`.
 fn profiled(
     state: &mut TypedSimpleState,
     input: &Tensor,
     per: &mut BTreeMap<String, f64>,
+    nodes: &mut BTreeMap<String, f64>,
 ) -> anyhow::Result<()> {
     state.run_plan_with_eval(
         tvec!(input.clone().into_tvalue()),
         |ctx, st, node, inputs| {
+            let shape = inputs
+                .first()
+                .map(|v| format!("{:?}", v.shape()))
+                .unwrap_or_default();
             let t = Instant::now();
             let r = tract_core::plan::eval(ctx, st, node, inputs);
-            *per.entry(node.op().name().to_string()).or_default() +=
-                t.elapsed().as_secs_f64() * 1e3;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            *per.entry(node.op().name().to_string()).or_default() += ms;
+            *nodes
+                .entry(format!("{} {} {shape}", node.op().name(), node.name))
+                .or_default() += ms;
             r
         },
     )?;
@@ -131,9 +139,9 @@ fn main() -> anyhow::Result<()> {
 
     let profile_runs = runs.clamp(1, 5);
     for (label, state) in [("tract", &mut stock), ("echoview depthwise", &mut own)] {
-        let mut per = BTreeMap::new();
+        let (mut per, mut nodes) = (BTreeMap::new(), BTreeMap::new());
         for _ in 0..profile_runs {
-            profiled(state, &input, &mut per)?;
+            profiled(state, &input, &mut per, &mut nodes)?;
         }
         let total: f64 = per.values().sum();
         let mut rows: Vec<_> = per.into_iter().collect();
@@ -148,6 +156,12 @@ fn main() -> anyhow::Result<()> {
                 ms / profile_runs as f64,
                 100.0 * ms / total
             );
+        }
+        let mut rows: Vec<_> = nodes.into_iter().collect();
+        rows.sort_by(|x, y| y.1.total_cmp(&x.1));
+        println!("  top nodes:");
+        for (node, ms) in rows.iter().take(12) {
+            println!("    {:7.2} ms  {node}", ms / profile_runs as f64);
         }
     }
     Ok(())

@@ -482,7 +482,7 @@ impl DepthwiseConv {
         let g = self.geometry;
         let (ip, op) = (g.in_plane(), g.out_plane());
         let planes = input.len() / ip;
-        if input.len() % ip != 0 || output.len() != planes * op {
+        if !input.len().is_multiple_of(ip) || output.len() != planes * op {
             bail!(
                 "depthwise convolution {g:?}: input of {} and output of {} values",
                 input.len(),
@@ -542,7 +542,6 @@ impl EvalOp for DepthwiseConv {
         let input = x.try_as_plain_ram()?.as_slice::<f32>()?;
         let mut view = output.try_as_plain_ram_mut()?;
         self.run(input, view.as_slice_mut::<f32>()?)?;
-        drop(view);
         Ok(tvec!(output.into_tvalue()))
     }
 }
