@@ -277,6 +277,10 @@ fn plane_k<M: MulAdd, const K: usize>(
         }
     }
     let ow = g.out_w;
+    if g.stride == 1 && ow < WIDE_BELOW {
+        wide_plane::<M, K>(g, weights, bias, output, scratch);
+        return;
+    }
     for oy in 0..g.out_h {
         let out = &mut output[oy * ow..][..ow];
         for ky in 0..K {
@@ -296,6 +300,43 @@ fn plane_k<M: MulAdd, const K: usize>(
                 row_pass::<M, K, false>(out, &taps, &w, bias);
             }
         }
+    }
+}
+
+/// Output rows narrower than this are computed as one long row (see [`wide_plane`]): a
+/// narrow row is mostly loop overhead and a partial vector, and the late EfficientNet stages
+/// are 9 to 18 points wide.
+const WIDE_BELOW: usize = 32;
+
+/// A stride-1 plane computed as one long row over the padded width: wide point
+/// `i = oy * pw + ox` reads padded value `i + ky * pw + kx` for every tap, so each kernel tap
+/// is one contiguous pass over `(out_h - 1) * pw + out_w` points; the `pw - out_w` points
+/// per row that fall in the padding are computed and dropped. `scratch` holds the padded
+/// plane, followed by the wide row.
+#[inline(always)]
+fn wide_plane<M: MulAdd, const K: usize>(
+    g: &Geometry,
+    weights: &[f32],
+    bias: f32,
+    output: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let (ph, pw, ow) = (g.padded_h(), g.padded_w(), g.out_w);
+    let len = (g.out_h - 1) * pw + ow;
+    scratch.resize(ph * pw + len, 0.0);
+    let (padded, wide) = scratch.split_at_mut(ph * pw);
+    for ky in 0..K {
+        // The last tap's pass ends at (K-1) * pw + K-1 + len = ph * pw: inside the plane.
+        let taps: [&[f32]; K] = std::array::from_fn(|kx| &padded[ky * pw + kx..][..len]);
+        let w: [f32; K] = std::array::from_fn(|kx| weights[ky * K + kx]);
+        if ky == 0 {
+            row_pass::<M, K, true>(wide, &taps, &w, bias);
+        } else {
+            row_pass::<M, K, false>(wide, &taps, &w, bias);
+        }
+    }
+    for (oy, out) in output.chunks_exact_mut(ow).enumerate() {
+        out.copy_from_slice(&wide[oy * pw..][..ow]);
     }
 }
 
