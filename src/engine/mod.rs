@@ -8,11 +8,12 @@
 //! Engines work on plain `f32` slices in the layouts the manifest describes, which keeps the
 //! boundary small enough to test and to swap.
 
+pub mod depthwise;
 pub mod tensorrt;
 mod tract;
 
 pub use self::tensorrt::{FallbackReason, TrtOptions};
-pub use self::tract::{TractEngine, set_threads};
+pub use self::tract::{TractEngine, TractOptions, set_threads};
 
 use crate::bundle::Bundle;
 

@@ -1,0 +1,793 @@
+//! Our own depthwise convolution for tract plans, because tract's trails onnxruntime on the
+//! EfficientNet encoders (a third of a frame went to it, issue #8).
+//!
+//! A depthwise convolution (one filter per channel: `group == input channels == output
+//! channels`) does a few multiply-adds per output point, so it is bound by how its inner loop
+//! reads memory, not by arithmetic. This one works on a zero-padded copy of one channel plane
+//! at a time, so every output row is `K` passes of `K` contiguous taps with no border cases:
+//! `out[x] += w[ky][kx] * padded_row[x + kx]`, a loop the compiler vectorises. A stride-2 row
+//! is first split into its even and odd columns, which makes its taps contiguous as well.
+//! Channel planes are independent, so they are split across tract's executor when it has
+//! threads (each output value is computed the same way on any thread count).
+//!
+//! [`substitute`] swaps every convolution of a decluttered [`TypedModel`] that this op covers
+//! (see [`DepthwiseConv::from_conv`]) and leaves every other one to tract. Each output point sums
+//! its taps in a different order than tract does (float reassociation only); where the CPU
+//! has fused multiply-add (x86-64 with AVX2 and FMA, every aarch64), each tap is one fused
+//! multiply-add, as in tract's own kernels.
+
+use std::sync::Arc;
+
+// tract's own ops import its internals wholesale; the macros below expect them in scope.
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+/// Why a convolution stays tract's: the cases this op does not cover.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    /// Not one filter per channel.
+    #[error("not depthwise (group {group}, {inputs} input and {outputs} output channels)")]
+    NotDepthwise {
+        /// Convolution groups.
+        group: usize,
+        /// Input channels.
+        inputs: usize,
+        /// Output channels.
+        outputs: usize,
+    },
+    /// Quantised, non-f32, or not laid out NCHW with an OIHW kernel.
+    #[error("not an f32 NCHW convolution with an OIHW kernel")]
+    Layout,
+    /// A kernel size other than 3x3 or 5x5, a stride other than 1 or 2 (the same on both
+    /// axes), or a dilation.
+    #[error("kernel {kernel:?}, strides {strides:?}, dilations {dilations:?}")]
+    Geometry {
+        /// Kernel height and width.
+        kernel: Vec<usize>,
+        /// Strides.
+        strides: Vec<usize>,
+        /// Dilations.
+        dilations: Vec<usize>,
+    },
+    /// The input shape is not known, or the padding leaves output points with no input.
+    #[error("shape or padding not covered: {0}")]
+    Shape(String),
+    /// The weights or the bias are computed at run time rather than constants.
+    #[error("weights or bias are not constants")]
+    NotConstant,
+}
+
+/// The shape of one depthwise convolution: everything but the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Geometry {
+    /// Channels (one filter each).
+    pub channels: usize,
+    /// Kernel height and width, 3 or 5.
+    pub kernel: usize,
+    /// Stride on both axes, 1 or 2.
+    pub stride: usize,
+    /// Input height.
+    pub in_h: usize,
+    /// Input width.
+    pub in_w: usize,
+    /// Zero rows above the input.
+    pub pad_top: usize,
+    /// Zero columns left of the input.
+    pub pad_left: usize,
+    /// Output height.
+    pub out_h: usize,
+    /// Output width.
+    pub out_w: usize,
+}
+
+impl Geometry {
+    /// Checks a geometry: the kernel and stride this op has loops for, and an output that
+    /// the padded input covers, so the row loops never index outside the padded plane.
+    pub fn new(
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        (in_h, in_w): (usize, usize),
+        (pad_top, pad_left): (usize, usize),
+        (out_h, out_w): (usize, usize),
+    ) -> Result<Geometry, Unsupported> {
+        if !matches!(kernel, 3 | 5) || !matches!(stride, 1 | 2) {
+            return Err(Unsupported::Geometry {
+                kernel: vec![kernel, kernel],
+                strides: vec![stride, stride],
+                dilations: vec![1, 1],
+            });
+        }
+        let g = Geometry {
+            channels,
+            kernel,
+            stride,
+            in_h,
+            in_w,
+            pad_top,
+            pad_left,
+            out_h,
+            out_w,
+        };
+        if channels == 0 || in_h == 0 || in_w == 0 || out_h == 0 || out_w == 0 {
+            return Err(Unsupported::Shape(format!("empty dimension in {g:?}")));
+        }
+        // The padding must not start beyond the kernel's reach, or the first output point
+        // would see no input at all (tract allows it; no real model does it).
+        if pad_top >= kernel || pad_left >= kernel {
+            return Err(Unsupported::Shape(format!(
+                "padding wider than the kernel in {g:?}"
+            )));
+        }
+        Ok(g)
+    }
+
+    /// Height of the padded plane: every row any output row reads.
+    fn padded_h(&self) -> usize {
+        (self.out_h - 1) * self.stride + self.kernel
+    }
+
+    /// Width of the padded plane: every column any output point reads.
+    fn padded_w(&self) -> usize {
+        (self.out_w - 1) * self.stride + self.kernel
+    }
+
+    /// Values in one input channel plane.
+    pub fn in_plane(&self) -> usize {
+        self.in_h * self.in_w
+    }
+
+    /// Values in one output channel plane.
+    pub fn out_plane(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    /// Values in the kernel of one channel.
+    pub fn taps(&self) -> usize {
+        self.kernel * self.kernel
+    }
+
+    /// Computes one channel plane: `input` is `in_h * in_w` values, `weights` the channel's
+    /// `kernel * kernel` taps (row-major), `output` `out_h * out_w` values. `scratch` is
+    /// reused between planes to hold the padded copy.
+    ///
+    /// Panics only if the slices do not have the lengths above (callers check them once per
+    /// tensor).
+    pub fn plane(
+        &self,
+        input: &[f32],
+        weights: &[f32],
+        bias: f32,
+        output: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function is compiled for (checked above).
+            unsafe { plane_avx2_fma(self, input, weights, bias, output, scratch) };
+            return;
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            // aarch64 always has fused multiply-add, as one instruction.
+            plane_generic::<Fused>(self, input, weights, bias, output, scratch);
+        }
+        #[cfg(not(target_arch = "aarch64"))]
+        plane_generic::<Plain>(self, input, weights, bias, output, scratch);
+    }
+}
+
+/// One tap's multiply-add: fused where the CPU does it in one instruction, else separate
+/// (a software `mul_add` would be far slower than the rounding it saves).
+trait MulAdd {
+    /// `acc + w * x`.
+    fn mul_add(acc: f32, w: f32, x: f32) -> f32;
+}
+
+/// Separate multiply and add.
+#[cfg(not(target_arch = "aarch64"))]
+struct Plain;
+
+#[cfg(not(target_arch = "aarch64"))]
+impl MulAdd for Plain {
+    #[inline(always)]
+    fn mul_add(acc: f32, w: f32, x: f32) -> f32 {
+        acc + w * x
+    }
+}
+
+/// One fused multiply-add.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+struct Fused;
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(acc: f32, w: f32, x: f32) -> f32 {
+        w.mul_add(x, acc)
+    }
+}
+
+/// [`plane_generic`] compiled for AVX2 and FMA, so its loops use 8-wide fused multiply-adds.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn plane_avx2_fma(
+    g: &Geometry,
+    input: &[f32],
+    weights: &[f32],
+    bias: f32,
+    output: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    plane_generic::<Fused>(g, input, weights, bias, output, scratch);
+}
+
+/// The body of [`Geometry::plane`], for one kind of multiply-add.
+#[inline(always)]
+fn plane_generic<M: MulAdd>(
+    g: &Geometry,
+    input: &[f32],
+    weights: &[f32],
+    bias: f32,
+    output: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    match g.kernel {
+        3 => plane_k::<M, 3>(g, input, weights, bias, output, scratch),
+        _ => plane_k::<M, 5>(g, input, weights, bias, output, scratch),
+    }
+}
+
+/// One channel plane with a `K x K` kernel.
+#[inline(always)]
+fn plane_k<M: MulAdd, const K: usize>(
+    g: &Geometry,
+    input: &[f32],
+    weights: &[f32],
+    bias: f32,
+    output: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let (ph, pw) = (g.padded_h(), g.padded_w());
+    let input = &input[..g.in_plane()];
+    let output = &mut output[..g.out_plane()];
+    let weights = &weights[..K * K];
+    // The padded plane: rows of `pw` values; a stride-2 row holds its even columns, then
+    // its odd ones, so that column `2 * x + kx` is at `(kx % 2) * even + x + kx / 2`.
+    let even = pw.div_ceil(2);
+    scratch.clear();
+    scratch.resize(ph * pw, 0.0);
+    let rows = g.in_h.min(ph.saturating_sub(g.pad_top));
+    let cols = g.in_w.min(pw.saturating_sub(g.pad_left));
+    for iy in 0..rows {
+        let src = &input[iy * g.in_w..][..cols];
+        let dst = &mut scratch[(iy + g.pad_top) * pw..][..pw];
+        if g.stride == 1 {
+            dst[g.pad_left..][..cols].copy_from_slice(src);
+        } else {
+            for (ix, v) in src.iter().enumerate() {
+                let j = ix + g.pad_left;
+                dst[(j % 2) * even + j / 2] = *v;
+            }
+        }
+    }
+    let ow = g.out_w;
+    if g.stride == 1 && ow < WIDE_BELOW {
+        wide_plane::<M, K>(g, weights, bias, output, scratch);
+        return;
+    }
+    for oy in 0..g.out_h {
+        let out = &mut output[oy * ow..][..ow];
+        for ky in 0..K {
+            let row = &scratch[(oy * g.stride + ky) * pw..][..pw];
+            let taps: [&[f32]; K] = std::array::from_fn(|kx| {
+                let start = if g.stride == 1 {
+                    kx
+                } else {
+                    (kx % 2) * even + kx / 2
+                };
+                &row[start..][..ow]
+            });
+            let w: [f32; K] = std::array::from_fn(|kx| weights[ky * K + kx]);
+            if ky == 0 {
+                row_pass::<M, K, true>(out, &taps, &w, bias);
+            } else {
+                row_pass::<M, K, false>(out, &taps, &w, bias);
+            }
+        }
+    }
+}
+
+/// Output rows narrower than this are computed as one long row (see [`wide_plane`]): a
+/// narrow row is mostly loop overhead and a partial vector, and the late EfficientNet stages
+/// are 9 to 18 points wide.
+const WIDE_BELOW: usize = 32;
+
+/// A stride-1 plane computed as one long row over the padded width: wide point
+/// `i = oy * pw + ox` reads padded value `i + ky * pw + kx` for every tap, so each kernel tap
+/// is one contiguous pass over `(out_h - 1) * pw + out_w` points; the `pw - out_w` points
+/// per row that fall in the padding are computed and dropped. `scratch` holds the padded
+/// plane, followed by the wide row.
+#[inline(always)]
+fn wide_plane<M: MulAdd, const K: usize>(
+    g: &Geometry,
+    weights: &[f32],
+    bias: f32,
+    output: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let (ph, pw, ow) = (g.padded_h(), g.padded_w(), g.out_w);
+    let len = (g.out_h - 1) * pw + ow;
+    scratch.resize(ph * pw + len, 0.0);
+    let (padded, wide) = scratch.split_at_mut(ph * pw);
+    for ky in 0..K {
+        // The last tap's pass ends at (K-1) * pw + K-1 + len = ph * pw: inside the plane.
+        let taps: [&[f32]; K] = std::array::from_fn(|kx| &padded[ky * pw + kx..][..len]);
+        let w: [f32; K] = std::array::from_fn(|kx| weights[ky * K + kx]);
+        if ky == 0 {
+            row_pass::<M, K, true>(wide, &taps, &w, bias);
+        } else {
+            row_pass::<M, K, false>(wide, &taps, &w, bias);
+        }
+    }
+    for (oy, out) in output.chunks_exact_mut(ow).enumerate() {
+        out.copy_from_slice(&wide[oy * pw..][..ow]);
+    }
+}
+
+/// One kernel row over one output row: `out[x] (+)= sum_kx w[kx] * taps[kx][x]`, starting
+/// from `bias` on the first kernel row (`FIRST`) and from `out` after it.
+#[inline(always)]
+fn row_pass<M: MulAdd, const K: usize, const FIRST: bool>(
+    out: &mut [f32],
+    taps: &[&[f32]; K],
+    w: &[f32; K],
+    bias: f32,
+) {
+    let n = out.len();
+    // Same-length slices let the compiler drop the bounds checks and vectorise over x.
+    let taps: [&[f32]; K] = std::array::from_fn(|k| &taps[k][..n]);
+    for (x, o) in out.iter_mut().enumerate() {
+        let mut acc = if FIRST { bias } else { *o };
+        for (w, tap) in w.iter().zip(&taps) {
+            acc = M::mul_add(acc, *w, tap[x]);
+        }
+        *o = acc;
+    }
+}
+
+/// A depthwise convolution with constant weights, as a tract op (see the module doc).
+#[derive(Debug, Clone)]
+pub struct DepthwiseConv {
+    /// Shape and padding.
+    pub geometry: Geometry,
+    /// `channels * kernel * kernel` taps, channel-major then row-major: shared, since tract
+    /// clones ops while optimising.
+    weights: Arc<[f32]>,
+    /// One bias per channel.
+    bias: Arc<[f32]>,
+}
+
+impl PartialEq for DepthwiseConv {
+    /// Bitwise on the weights, so that equal ops are interchangeable (tract compares ops to
+    /// merge identical nodes).
+    fn eq(&self, other: &DepthwiseConv) -> bool {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        self.geometry == other.geometry
+            && bits(&self.weights) == bits(&other.weights)
+            && bits(&self.bias) == bits(&other.bias)
+    }
+}
+
+impl Eq for DepthwiseConv {}
+
+impl DepthwiseConv {
+    /// An op for `geometry` with `weights` (`channels * kernel * kernel`) and `bias`
+    /// (`channels`, or one value for all).
+    pub fn new(
+        geometry: Geometry,
+        weights: &[f32],
+        bias: &[f32],
+    ) -> Result<DepthwiseConv, Unsupported> {
+        let c = geometry.channels;
+        if weights.len() != c * geometry.taps() {
+            return Err(Unsupported::Shape(format!(
+                "{} weights for {c} channels of {} taps",
+                weights.len(),
+                geometry.taps()
+            )));
+        }
+        let bias: Arc<[f32]> = match bias.len() {
+            n if n == c => bias.into(),
+            1 => vec![bias[0]; c].into(),
+            0 => vec![0.0; c].into(),
+            n => return Err(Unsupported::Shape(format!("{n} biases for {c} channels"))),
+        };
+        Ok(DepthwiseConv {
+            geometry,
+            weights: weights.into(),
+            bias,
+        })
+    }
+
+    /// The op for tract convolution `node` of `model`, or why it stays tract's.
+    pub fn from_conv(model: &TypedModel, node: &TypedNode) -> Result<DepthwiseConv, Unsupported> {
+        let Some(conv) = node.op_as::<Conv>() else {
+            return Err(Unsupported::Layout);
+        };
+        let spec = &conv.pool_spec;
+        let (group, inputs, outputs) = (conv.group, spec.input_channels, spec.output_channels);
+        if group < 2 || group != inputs || group != outputs {
+            return Err(Unsupported::NotDepthwise {
+                group,
+                inputs,
+                outputs,
+            });
+        }
+        let fact = |i: usize| {
+            node.inputs
+                .get(i)
+                .and_then(|o| model.outlet_fact(*o).ok())
+                .ok_or(Unsupported::Layout)
+        };
+        let (x, kernel, bias) = (fact(0)?, fact(1)?, fact(2)?);
+        if conv.q_params.is_some()
+            || node.inputs.len() != 3
+            || spec.data_format != DataFormat::NCHW
+            || conv.kernel_fmt != KernelFormat::OIHW
+            || [x, kernel, bias]
+                .iter()
+                .any(|f| f.datum_type != f32::datum_type())
+        {
+            return Err(Unsupported::Layout);
+        }
+        let dilations = spec.dilations.clone().unwrap_or_else(|| tvec![1, 1]);
+        let strides = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
+        let k = &spec.kernel_shape;
+        if k.len() != 2
+            || k[0] != k[1]
+            || strides.len() != 2
+            || strides[0] != strides[1]
+            || dilations.iter().any(|d| *d != 1)
+        {
+            return Err(Unsupported::Geometry {
+                kernel: k.to_vec(),
+                strides: strides.to_vec(),
+                dilations: dilations.to_vec(),
+            });
+        }
+        let shape = x
+            .shape
+            .as_concrete()
+            .ok_or_else(|| Unsupported::Shape(format!("input shape {:?} is symbolic", x.shape)))?;
+        let &[_, c, h, w] = shape else {
+            return Err(Unsupported::Shape(format!(
+                "input shape {shape:?} is not NCHW"
+            )));
+        };
+        if c != group {
+            return Err(Unsupported::Shape(format!(
+                "{c} input channels, group {group}"
+            )));
+        }
+        let dims = spec
+            .padding
+            .compute(&[h, w], &[k[0], k[1]], &[1, 1], &[strides[0], strides[1]]);
+        let [dy, dx] = &dims[..] else {
+            return Err(Unsupported::Shape(format!("padding {:?}", spec.padding)));
+        };
+        let geometry = Geometry::new(
+            c,
+            k[0],
+            strides[0],
+            (h, w),
+            (dy.pad_before, dx.pad_before),
+            (dy.convoluted, dx.convoluted),
+        )?;
+        let out = model
+            .outlet_fact(OutletId::new(node.id, 0))
+            .map_err(|e| Unsupported::Shape(format!("{e}")))?;
+        let expected = [shape[0], c, geometry.out_h, geometry.out_w];
+        if out.shape.as_concrete() != Some(&expected[..]) {
+            return Err(Unsupported::Shape(format!(
+                "tract's output {:?} differs from {expected:?}",
+                out.shape
+            )));
+        }
+        let (Some(kernel), Some(bias)) = (kernel.konst.as_ref(), bias.konst.as_ref()) else {
+            return Err(Unsupported::NotConstant);
+        };
+        if kernel.shape() != [c, 1, k[0], k[1]] {
+            return Err(Unsupported::Shape(format!(
+                "kernel shape {:?}",
+                kernel.shape()
+            )));
+        }
+        let values = |t: &Tensor| -> Result<Vec<f32>, Unsupported> {
+            t.try_as_plain_ram()
+                .and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec))
+                .map_err(|e| Unsupported::Shape(format!("{e}")))
+        };
+        let (kernel, bias) = (values(kernel)?, values(bias)?);
+        DepthwiseConv::new(geometry, &kernel, &bias)
+    }
+
+    /// Runs the convolution on an `[N, C, H, W]` input into `output` (`[N, C, OH, OW]`),
+    /// splitting channel planes across tract's executor.
+    pub fn run(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
+        let g = self.geometry;
+        let (ip, op) = (g.in_plane(), g.out_plane());
+        let planes = input.len() / ip;
+        if !input.len().is_multiple_of(ip) || output.len() != planes * op {
+            bail!(
+                "depthwise convolution {g:?}: input of {} and output of {} values",
+                input.len(),
+                output.len()
+            );
+        }
+        let work = output.len() * g.taps();
+        tract_linalg::multithread::par_chunks_mut(output, op, work, |first, chunk| {
+            let mut scratch = Vec::new();
+            for (i, out) in chunk.chunks_exact_mut(op).enumerate() {
+                let plane = first + i;
+                let c = plane % g.channels;
+                g.plane(
+                    &input[plane * ip..][..ip],
+                    &self.weights[c * g.taps()..][..g.taps()],
+                    self.bias[c],
+                    out,
+                    &mut scratch,
+                );
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Op for DepthwiseConv {
+    fn name(&self) -> StaticName {
+        "EchoviewDepthwiseConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{:?}", self.geometry)])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for DepthwiseConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let [x] = &inputs[..] else {
+            bail!(
+                "depthwise convolution takes one input, got {}",
+                inputs.len()
+            );
+        };
+        let g = self.geometry;
+        let shape = x.shape();
+        let &[n, c, h, w] = shape else {
+            bail!("depthwise convolution input {shape:?} is not NCHW");
+        };
+        if (c, h, w) != (g.channels, g.in_h, g.in_w) {
+            bail!("depthwise convolution {g:?} got input {shape:?}");
+        }
+        let mut output = Tensor::zero::<f32>(&[n, c, g.out_h, g.out_w])?;
+        let input = x.try_as_plain_ram()?.as_slice::<f32>()?;
+        let mut view = output.try_as_plain_ram_mut()?;
+        self.run(input, view.as_slice_mut::<f32>()?)?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for DepthwiseConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let [x] = inputs else {
+            bail!(
+                "depthwise convolution takes one input, got {}",
+                inputs.len()
+            );
+        };
+        let g = self.geometry;
+        let n = x.shape[0].clone();
+        Ok(tvec!(f32::fact(&[
+            n,
+            g.channels.to_dim(),
+            g.out_h.to_dim(),
+            g.out_w.to_dim()
+        ])))
+    }
+
+    as_op!();
+}
+
+/// What [`substitute`] did to a model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Substitution {
+    /// Convolutions now run by [`DepthwiseConv`].
+    pub replaced: usize,
+    /// Depthwise convolutions left to tract, by name, with the reason.
+    pub kept: Vec<(String, Unsupported)>,
+}
+
+/// Declutters `model` as tract does, except that it leaves the tensor layouts alone.
+///
+/// The weights are constants only after decluttering has folded their casts, but tract's
+/// decluttering also moves depthwise convolutions (and the whole graph around them) to
+/// channel-last, which [`DepthwiseConv`] does not cover: this runs every declutter pass but
+/// that one (`ChangeAxes`). Optimising afterwards runs the full set, with our op in place.
+pub fn declutter_keeping_layout(model: &mut TypedModel) -> TractResult<()> {
+    let mut optimizer = tract_onnx::tract_core::optim::Optimizer::declutter();
+    // Found by name (its Debug form): the pass list is public, the pass type's identity is
+    // not. If tract renames it, nothing is removed and [`substitute`] reports every
+    // channel-last convolution it leaves to tract.
+    optimizer
+        .passes
+        .retain(|pass| format!("{pass:?}") != "ChangeAxes");
+    optimizer.optimize(model)
+}
+
+/// Replaces every depthwise convolution of `model` that [`DepthwiseConv`] covers by it.
+/// Run it on a model decluttered by [`declutter_keeping_layout`], and optimise afterwards.
+pub fn substitute(model: &mut TypedModel) -> TractResult<Substitution> {
+    let mut done = Substitution::default();
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let Some(conv) = node.op_as::<Conv>() else {
+            continue;
+        };
+        match DepthwiseConv::from_conv(model, node) {
+            Ok(op) => {
+                let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], op)?;
+                patch.apply(model)?;
+                done.replaced += 1;
+            }
+            // Ordinary convolutions are tract's business; only depthwise ones are reported.
+            Err(Unsupported::NotDepthwise { .. }) if conv.group < 2 => {}
+            Err(reason) => done.kept.push((node.name.clone(), reason)),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_linalg::multithread::{Executor, multithread_tract_scope};
+
+    /// Deterministic values in [-1, 1) (xorshift), so a failure reproduces.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The definition, one output point at a time, with the padding as bounds checks.
+    fn reference(g: &Geometry, input: &[f32], weights: &[f32], bias: &[f32]) -> Vec<f32> {
+        let planes = input.len() / g.in_plane();
+        let mut out = vec![0.0; planes * g.out_plane()];
+        for p in 0..planes {
+            let c = p % g.channels;
+            for oy in 0..g.out_h {
+                for ox in 0..g.out_w {
+                    let mut acc = bias[c] as f64;
+                    for ky in 0..g.kernel {
+                        for kx in 0..g.kernel {
+                            let iy = (oy * g.stride + ky) as isize - g.pad_top as isize;
+                            let ix = (ox * g.stride + kx) as isize - g.pad_left as isize;
+                            if iy < 0 || ix < 0 || iy >= g.in_h as isize || ix >= g.in_w as isize {
+                                continue;
+                            }
+                            let x = input[p * g.in_plane() + iy as usize * g.in_w + ix as usize];
+                            acc += (weights[c * g.taps() + ky * g.kernel + kx] * x) as f64;
+                        }
+                    }
+                    out[p * g.out_plane() + oy * g.out_w + ox] = acc as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs the op and the reference on random data and compares them to float rounding.
+    fn check(g: Geometry, planes: usize, seed: u32) {
+        let input = values(planes * g.in_plane(), seed);
+        let weights = values(g.channels * g.taps(), seed + 1);
+        let bias = values(g.channels, seed + 2);
+        let op = DepthwiseConv::new(g, &weights, &bias).expect("valid op");
+        let mut out = vec![f32::NAN; planes * g.out_plane()];
+        op.run(&input, &mut out).expect("runs");
+        let expected = reference(&g, &input, &weights, &bias);
+        for (i, (a, b)) in out.iter().zip(&expected).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{g:?} point {i}: {a} vs reference {b}"
+            );
+        }
+    }
+
+    /// Every kernel, stride, padding up to the kernel's reach (bottom/right independent of
+    /// top/left, as ONNX allows), and sizes odd, even, smaller than the kernel and one.
+    #[test]
+    fn matches_the_definition_for_every_supported_geometry() {
+        let mut seed = 1;
+        for kernel in [3, 5] {
+            for stride in [1, 2] {
+                for (in_h, in_w) in [(1, 1), (2, 3), (4, 4), (7, 5), (9, 16), (13, 11)] {
+                    for pad_top in 0..kernel {
+                        for pad_left in 0..kernel {
+                            for pad_end in [0, kernel / 2, kernel - 1] {
+                                let out = |n: usize, before: usize| {
+                                    (n + before + pad_end)
+                                        .checked_sub(kernel)
+                                        .map(|d| d / stride + 1)
+                                };
+                                let (Some(out_h), Some(out_w)) =
+                                    (out(in_h, pad_top), out(in_w, pad_left))
+                                else {
+                                    continue;
+                                };
+                                let g = Geometry::new(
+                                    3,
+                                    kernel,
+                                    stride,
+                                    (in_h, in_w),
+                                    (pad_top, pad_left),
+                                    (out_h, out_w),
+                                )
+                                .expect("supported");
+                                seed += 3;
+                                check(g, 6, seed);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The planes split across two threads give the single-thread result bit for bit.
+    #[test]
+    fn threads_compute_the_same_values() {
+        let g = Geometry::new(24, 5, 1, (40, 37), (2, 2), (40, 37)).expect("supported");
+        let input = values(2 * 24 * g.in_plane(), 7);
+        let op = DepthwiseConv::new(g, &values(24 * 25, 8), &values(24, 9)).expect("valid op");
+        let mut one = vec![0.0; 2 * 24 * g.out_plane()];
+        op.run(&input, &mut one).expect("runs");
+        let mut two = vec![0.0; one.len()];
+        multithread_tract_scope(Executor::multithread(2), || op.run(&input, &mut two))
+            .expect("runs");
+        assert_eq!(
+            one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            two.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        check(g, 2 * 24, 11);
+    }
+
+    /// What the op does not cover is refused, not computed wrongly.
+    #[test]
+    fn refuses_what_it_does_not_cover() {
+        assert!(Geometry::new(4, 7, 1, (9, 9), (3, 3), (9, 9)).is_err());
+        assert!(Geometry::new(4, 3, 3, (9, 9), (1, 1), (3, 3)).is_err());
+        assert!(Geometry::new(4, 3, 1, (9, 9), (3, 1), (13, 9)).is_err());
+        assert!(Geometry::new(0, 3, 1, (9, 9), (1, 1), (9, 9)).is_err());
+        let g = Geometry::new(4, 3, 1, (9, 9), (1, 1), (9, 9)).expect("supported");
+        assert!(DepthwiseConv::new(g, &[0.0; 35], &[0.0; 4]).is_err());
+        assert!(DepthwiseConv::new(g, &[0.0; 36], &[0.0; 3]).is_err());
+        let op = DepthwiseConv::new(g, &[0.0; 36], &[0.0; 4]).expect("valid op");
+        assert!(op.run(&[0.0; 80], &mut [0.0; 81]).is_err());
+    }
+}
