@@ -340,8 +340,7 @@ const DICOM_SEEDS: [&str; 10] = [
 fn dicom_lengths_are_checked_before_allocation() {
     let path = corpus_dir("dicom_reader").join("oom-dicom-3g9");
     let err = echoview::dicom::DicomCine::open(&path)
-        .err()
-        .expect("a damaged file is refused")
+        .expect_err("a damaged file is refused")
         .to_string();
     assert!(err.contains("more than the whole file"), "{err}");
     assert!(err.contains("oom-dicom-3g9"), "names the file: {err}");
