@@ -1,12 +1,15 @@
 #!/bin/sh
-# Builds the fuzz targets as `cargo fuzz build -s none` would (libFuzzer coverage, debug
-# assertions, overflow checks, no sanitizer: echoview and its parsers are safe Rust), without
-# needing cargo-fuzz or nightly. See docs/reliability.md.
+# Builds the libFuzzer binaries into ../target/release/ (serial_ecg, session_reader, ...).
+#
+# Only echoview and the fuzz crate are instrumented (fuzz/rustc-wrapper.sh adds the flags that
+# `cargo fuzz build -s none` puts in RUSTFLAGS: libFuzzer coverage, compare tracing, cfg
+# fuzzing); debug assertions and overflow checks are on for them via fuzz/Cargo.toml's profile.
+# Everything else is built as `cargo build --release` builds it, in the same target folder, with
+# the same lockfile versions (fuzz/Cargo.lock follows ../Cargo.lock), so after a main release
+# build only echoview, libfuzzer-sys and the targets compile (minutes, not the half hour an
+# instrumented tract takes). No sanitizer: echoview and its parsers are safe Rust. Stable
+# toolchain; no cargo-fuzz needed. See docs/reliability.md.
 set -e
 cd "$(dirname "$0")"
-export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
--Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
--Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing \
--Cllvm-args=-simplifycfg-branch-fold-threshold=0 -Cdebug-assertions -Coverflow-checks"
-# An explicit target keeps RUSTFLAGS off build scripts and proc macros, as cargo fuzz does.
-exec cargo build --release --target x86_64-unknown-linux-gnu "$@"
+RUSTC_WRAPPER="$PWD/rustc-wrapper.sh" CARGO_TARGET_DIR="$PWD/../target" \
+    exec cargo build --release --bins "$@"

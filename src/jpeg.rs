@@ -272,6 +272,15 @@ fn parse_sof(body: &[u8], at: usize) -> Result<JpegInfo, JpegError> {
     })
 }
 
+/// Whether the JPEG ends with the end-of-image marker `FF D9` (zero bytes after it, which some
+/// grabbers pad buffers with, are allowed). A frame cut short in transfer keeps intact headers
+/// (so [`info`] reads it) but loses its end; telling that costs a scan of the trailing padding
+/// only, where decoding to find out would cost the whole image.
+pub fn ends_complete(jpeg: &[u8]) -> bool {
+    let end = jpeg.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    end >= 4 && jpeg[end - 2..end] == [0xFF, marker::EOI]
+}
+
 /// The size and component count a JPEG's headers declare.
 pub fn info(jpeg: &[u8]) -> Result<JpegInfo, JpegError> {
     walk(jpeg)?.info.ok_or_else(|| JpegError::Malformed {

@@ -548,6 +548,7 @@ fn a_wedged_source_stops_the_watchdog_until_it_recovers() {
             path: session,
             looped: true,
             video_only: None,
+            speed: 1.0,
         },
         wedged: wedged.clone(),
     };
@@ -660,6 +661,7 @@ fn serve_in_process(
             path: session.to_path_buf(),
             looped: false,
             video_only: None,
+            speed: 1.0,
         })],
         model,
         ModelIdentity::of(bundle),

@@ -580,7 +580,13 @@ fn soak_seconds() -> u64 {
     std::env::var("ECHOVIEW_SOAK_S")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(40)
+        .unwrap_or(24)
+}
+
+/// The soak's playback speed (`--speed`): `ECHOVIEW_SOAK_SPEED`, else 8, so a short run
+/// covers many heartbeats and many reopenings of the looping file.
+fn soak_speed() -> String {
+    std::env::var("ECHOVIEW_SOAK_SPEED").unwrap_or_else(|_| "8".to_string())
 }
 
 #[test]
@@ -588,11 +594,12 @@ fn soak_looping_playback_with_clients_churning_does_not_grow() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let session = session(dir, 2, Vec::new());
+    let speed = soak_speed();
     let mut daemon = Daemon::start(
         dir,
         &session,
         "[record]\nflush_s = 0.5\nrotate_minutes = 1.0\n",
-        &["--loop"],
+        &["--loop", "--speed", &speed],
     );
     let mut reader = Client::connect(&daemon.socket);
     reader.read_until(Duration::from_secs(30), |c| !c.views.is_empty());
@@ -616,6 +623,15 @@ fn soak_looping_playback_with_clients_churning_does_not_grow() {
     for (t, (rss, fds, threads)) in &samples {
         eprintln!("soak t={t:>4} s  rss {rss:>7} kB  fds {fds:>3}  threads {threads:>3}");
     }
+    let status = reader.status().clone();
+    eprintln!(
+        "soak at speed {speed}: {} s, {} labels read, {} frames, beats {:?}, drops {:?}",
+        total.as_secs(),
+        reader.views.len(),
+        status.video.frames,
+        status.beats,
+        status.drops
+    );
     let after: Vec<_> = samples
         .iter()
         .filter(|(t, _)| *t >= warm_up.as_secs())
@@ -920,4 +936,257 @@ fn serial_ecg_unplugged_and_replugged_mid_beat_recovers_and_records_every_label(
         missing.is_empty(),
         "labels sent but not recorded: {missing:?}"
     );
+}
+
+/// Rewrites the session `from` into `to` through the session writer, with `frame` deciding
+/// what becomes of each frame: kept, replaced, or dropped (`None`). ECG and R-peak truth are
+/// kept; a view truth goes with its frame.
+fn rewrite_session(
+    from: &Path,
+    to: &Path,
+    mut frame: impl FnMut(echoview::media::Frame) -> Option<echoview::media::Frame>,
+) {
+    let reader = SessionReader::open(from).unwrap();
+    let metadata: std::collections::BTreeMap<String, String> = reader
+        .metadata()
+        .iter()
+        .filter(|(k, _)| *k != "format_version" && *k != "writer")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut writer = echoview::session::SessionWriter::create(to).unwrap();
+    writer.write_metadata(&metadata).unwrap();
+    let mut kept_frames = std::collections::HashSet::new();
+    for event in reader {
+        match event.unwrap() {
+            SessionEvent::Frame(f) => {
+                let t_ns = f.t_ns;
+                if let Some(f) = frame(f) {
+                    writer.write_frame(&f).unwrap();
+                    kept_frames.insert(t_ns);
+                }
+            }
+            SessionEvent::Ecg(b) => writer.write_ecg(&b).unwrap(),
+            SessionEvent::TruthView { t_ns, view } if kept_frames.contains(&t_ns) => {
+                writer.write_truth_view(t_ns, view).unwrap()
+            }
+            SessionEvent::TruthRPeak { t_ns, sample_index } => {
+                writer.write_truth_rpeak(t_ns, sample_index).unwrap()
+            }
+            _ => {}
+        }
+    }
+    writer.finish().unwrap();
+}
+
+/// Copies the MCAP file `from` to `to` record by record, cutting the last `cut` bytes of
+/// pixels off the `/video` messages whose sequence number is in `seqs`, with the CDR length
+/// adjusted: frames whose byte count does not match their size, inside an otherwise valid
+/// file (the session writer refuses to write such frames, so this goes below it).
+fn cut_frame_pixels(from: &Path, to: &Path, seqs: &[u32], cut: usize) {
+    let bytes = std::fs::read(from).unwrap();
+    let mut writer =
+        mcap::Writer::new(std::io::BufWriter::new(std::fs::File::create(to).unwrap())).unwrap();
+    for record in mcap::read::LinearReader::new(&bytes).unwrap() {
+        if let mcap::records::Record::Metadata(m) = record.unwrap() {
+            writer.write_metadata(&m).unwrap();
+        }
+    }
+    let mut cut_done = 0;
+    for message in mcap::MessageStream::new(&bytes).unwrap() {
+        let mut message = message.unwrap();
+        if message.channel.topic == "/video" && seqs.contains(&message.sequence) {
+            // The pixels are the message's last field: a u32 length, then the bytes.
+            let mut data = message.data.into_owned();
+            let len_at = data.len() - 4 - data.len().min(320 * 240);
+            let len = u32::from_le_bytes(data[len_at..len_at + 4].try_into().unwrap()) as usize;
+            assert_eq!(
+                len_at + 4 + len,
+                data.len(),
+                "pixels are not the last field"
+            );
+            data[len_at..len_at + 4].copy_from_slice(&((len - cut) as u32).to_le_bytes());
+            data.truncate(data.len() - cut);
+            message.data = std::borrow::Cow::Owned(data);
+            cut_done += 1;
+        }
+        writer.write(&message).unwrap();
+    }
+    writer.finish().unwrap();
+    assert_eq!(cut_done, seqs.len(), "not every frame to cut was found");
+}
+
+/// A view message's beat: its start, end (session seconds) and number.
+fn beat_span(v: &ViewMsg) -> (f64, f64, u64) {
+    (v.start, v.t, v.beat)
+}
+
+#[test]
+fn a_video_stall_mid_session_is_reported_and_labels_resume_then_the_end_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let whole = session(dir, 8, Vec::new());
+    // The grabber stops sending for 4 s from t = 6 s (ECG goes on), then sends again.
+    let (stall_from, stall_to) = (6_000_000_000u64, 10_000_000_000u64);
+    let stalled = dir.join("stalled.mcap");
+    rewrite_session(&whole, &stalled, |f| {
+        (f.t_ns < stall_from || f.t_ns >= stall_to).then_some(f)
+    });
+    let mut daemon = Daemon::start(dir, &stalled, "[record]\nflush_s = 0.5\n", &[]);
+    let mut c = Client::connect(&daemon.socket);
+    // Labels before the stall.
+    c.read_until(Duration::from_secs(40), |c| !c.views.is_empty());
+    // The stall, as the status shows it.
+    let frames_before = c.status().video.frames;
+    c.read_until(Duration::from_secs(20), |c| {
+        c.statuses.last().is_some_and(|s| !s.video.up && s.ecg.up)
+    });
+    let during = c.status().clone();
+    let stall_seen = Instant::now();
+    eprintln!(
+        "stall: state {}, video up {} state {} fps {}, ecg up {} quality {}, gating {}",
+        during.state,
+        during.video.up,
+        during.video.state,
+        during.video.fps,
+        during.ecg.up,
+        during.ecg.quality,
+        during.gating
+    );
+    assert_eq!(during.state, "waiting", "{during:?}");
+    assert!(daemon.alive());
+    // Video back: up again, and labels for beats after the stall.
+    c.read_until(Duration::from_secs(20), |c| {
+        c.statuses.last().is_some_and(|s| s.video.up)
+    });
+    let back = Instant::now();
+    let stall_to_s = stall_to as f64 / 1e9;
+    let took = c.read_until(Duration::from_secs(30), |c| {
+        c.views.iter().any(|v| v.start >= stall_to_s)
+    });
+    let first_after = c
+        .views
+        .iter()
+        .find(|v| v.start >= stall_to_s)
+        .map(beat_span)
+        .unwrap();
+    eprintln!(
+        "video down for {:.1} s of wall time as seen by the status (stall 4.0 s); first label \
+         after it: beat {:?}, {:.1} s after the status showed video up ({took:?} of reading)",
+        (back - stall_seen).as_secs_f64(),
+        first_after,
+        back.elapsed().as_secs_f64()
+    );
+    assert!(c.status().video.frames > frames_before);
+    // The end of the file: reported, and the daemon keeps serving.
+    c.read_until(Duration::from_secs(40), |c| {
+        c.statuses.last().is_some_and(|s| s.video.state == "ended")
+    });
+    let end = c.status().clone();
+    eprintln!(
+        "end of file: video {} (up {}), ecg {}, state {}, errors.source {}",
+        end.video.state, end.video.up, end.ecg.state, end.state, end.errors.source
+    );
+    assert_eq!(end.errors.source, 0, "{end:?}");
+    let n = c.statuses.len();
+    c.read_until(Duration::from_secs(5), |c| c.statuses.len() >= n + 2);
+    assert!(daemon.alive(), "{}", daemon.log());
+    let (exit, _) = daemon.terminate();
+    assert!(exit.success());
+    let (recorded, _) = daemon.recorded_beats();
+    let missing: Vec<u64> = c
+        .views
+        .iter()
+        .map(|v| v.beat)
+        .filter(|b| !recorded.contains(b))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "labels sent but not recorded: {missing:?}"
+    );
+}
+
+#[test]
+fn truncated_and_wrongly_sized_frames_inside_a_valid_file_cost_one_frame_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let whole = session(dir, 4, Vec::new());
+    // Every 40th frame becomes a Motion-JPEG frame cut short in transfer (its headers intact).
+    let jpeg =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg/grey_33x17.jpg"))
+            .unwrap();
+    let info = echoview::jpeg::info(&jpeg).unwrap();
+    let mut truncated = 0u64;
+    let with_jpegs = dir.join("with_jpegs.mcap");
+    rewrite_session(&whole, &with_jpegs, |f| {
+        if f.seq % 40 != 20 {
+            return Some(f);
+        }
+        truncated += 1;
+        Some(echoview::media::Frame {
+            width: info.width,
+            height: info.height,
+            stride: 0,
+            format: echoview::media::PixelFormat::Mjpeg,
+            data: jpeg[..jpeg.len() * 2 / 3].to_vec(),
+            ..f
+        })
+    });
+    // And three frames whose pixels are a row short of their size.
+    let bad = dir.join("bad_frames.mcap");
+    let cut_seqs: Vec<u32> = vec![31, 95, 150];
+    cut_frame_pixels(&with_jpegs, &bad, &cut_seqs, 320);
+    let expected_bad = truncated + cut_seqs.len() as u64;
+
+    let mut daemon = Daemon::start(dir, &bad, "[record]\nflush_s = 0.5\n", &[]);
+    let mut c = Client::connect(&daemon.socket);
+    let took = c.read_until(Duration::from_secs(90), |c| {
+        c.statuses.last().is_some_and(|s| s.video.state == "ended")
+    });
+    let n = c.statuses.len();
+    c.read_until(Duration::from_secs(5), |c| c.statuses.len() > n);
+    let status = c.status().clone();
+    eprintln!(
+        "bad frames: {expected_bad} in the file ({truncated} JPEGs cut short, {} a row short); \
+         status errors.frames {}, errors.source {}, frames {}, labels {}, skipped {:?}, \
+         video {} after {took:?}; last error: {:?}",
+        cut_seqs.len(),
+        status.errors.frames,
+        status.errors.source,
+        status.video.frames,
+        c.views.len(),
+        status.beats.skipped,
+        status.video.state,
+        status.errors.last
+    );
+    assert_eq!(status.errors.frames, expected_bad, "{status:?}");
+    assert_eq!(
+        status.errors.source, 0,
+        "one bad frame must not end the file"
+    );
+    assert!(
+        status
+            .errors
+            .last
+            .as_deref()
+            .is_some_and(|e| e.contains("malformed frame"))
+    );
+    assert!(
+        !status.beats.skipped.contains_key("unusable_frames"),
+        "a beat was lost to a bad frame: {:?}",
+        status.beats.skipped
+    );
+    // Every good frame played: the file's frames less the bad ones.
+    let good = SessionReader::open(&whole)
+        .unwrap()
+        .filter(|e| matches!(e, Ok(SessionEvent::Frame(_))))
+        .count() as u64
+        - expected_bad;
+    assert_eq!(status.video.frames, good);
+    assert!(c.views.len() >= 6, "labels kept coming: {}", c.views.len());
+    assert!(daemon.alive());
+    let (exit, _) = daemon.terminate();
+    assert!(exit.success());
+    let (recorded, frames) = daemon.recorded_beats();
+    assert_eq!(frames, good, "every good frame recorded");
+    assert!(c.views.iter().all(|v| recorded.contains(&v.beat)));
 }

@@ -22,24 +22,35 @@ use echoview::session::SessionWriter;
 type Target = (&'static str, fn(&[u8]));
 
 /// Every target, as named in fuzz/Cargo.toml.
-const TARGETS: [Target; 5] = [
+const TARGETS: [Target; 6] = [
     ("serial_ecg", bodies::serial_ecg),
     ("session_reader", bodies::session_reader),
     ("daemon_config", bodies::daemon_config),
     ("bundle_manifest", bodies::bundle_manifest),
     ("socket_client", bodies::socket_client),
+    ("dicom_reader", bodies::dicom_reader),
 ];
 
 /// Mutations tried per seed in CI: enough to shake out shallow bugs in a few seconds in all.
 const MUTATIONS_PER_SEED: usize = 1000;
 
-/// Mutations per seed: `ECHOVIEW_FUZZ_MUTATIONS` for a longer blind run (where libFuzzer is
-/// not available), else [`MUTATIONS_PER_SEED`].
-fn mutations_per_seed() -> usize {
+/// Mutations per DICOM seed in CI: each input is a file written, opened and decoded up to 64
+/// frames (about 10 ms), so the shared number would take two minutes; libFuzzer covers it
+/// properly (docs/reliability.md).
+const DICOM_MUTATIONS_PER_SEED: usize = 50;
+
+/// Mutations per seed of `target`: `ECHOVIEW_FUZZ_MUTATIONS` for a longer blind run (where
+/// libFuzzer is not available), else [`MUTATIONS_PER_SEED`] ([`DICOM_MUTATIONS_PER_SEED`]
+/// for the DICOM reader).
+fn mutations_per_seed(target: &str) -> usize {
     std::env::var("ECHOVIEW_FUZZ_MUTATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(MUTATIONS_PER_SEED)
+        .unwrap_or(if target == "dicom_reader" {
+            DICOM_MUTATIONS_PER_SEED
+        } else {
+            MUTATIONS_PER_SEED
+        })
 }
 
 /// The generator's seed: `ECHOVIEW_FUZZ_SEED` to explore other inputs, else a fixed one.
@@ -138,11 +149,11 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
 #[test]
 fn every_target_survives_its_corpus_and_bounded_mutations() {
     let mut rng = Rng(rng_seed());
-    let per_seed = mutations_per_seed();
     for (target, body) in TARGETS {
         if !selected(target) {
             continue;
         }
+        let per_seed = mutations_per_seed(target);
         let started = std::time::Instant::now();
         let seeds = corpus(target);
         assert!(!seeds.is_empty(), "fuzz/corpus/{target} is empty");
@@ -292,4 +303,45 @@ fn write_seeds() {
     // Socket: a client that says a little, one that says too much.
     put("socket_client", "quiet", b"hello?\n");
     put("socket_client", "chatty", &[b'x'; 600]);
+
+    // DICOM: the small fixtures of tests/data/dicom, one per encoding family (the large
+    // real exports would make each mutation slow without reaching other code).
+    for name in DICOM_SEEDS {
+        let bytes = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/dicom")
+                .join(name),
+        )
+        .unwrap();
+        put("dicom_reader", name, &bytes);
+    }
+}
+
+/// The DICOM fixtures used as seeds: bare dataset, big endian with a frame time vector,
+/// explicit VR big endian, JPEG lossless, JPEG 2000 (YBR_ICT), 8- and 16-bit palette, native
+/// YBR_FULL_422, RLE with R-wave times, a cine with an ECG waveform.
+const DICOM_SEEDS: [&str; 10] = [
+    "bare_dataset_mono1",
+    "be_mono12_ftv.dcm",
+    "ExplVR_BigEnd.dcm",
+    "jpeg_lossless_mono.dcm",
+    "jpeg2k_ybr_ict.dcm",
+    "palette8_implicit.dcm",
+    "palette16.dcm",
+    "ybr_full_422_native.dcm",
+    "rle_ybr_full_rwave.dcm",
+    "ecg_waveform_cine.dcm",
+];
+
+/// libFuzzer's first find: a damaged 7 KB DICOM file whose element declares a length of
+/// gigabytes made dicom-object allocate (and zero) it before reading: 3.9 GB of memory. The
+/// reader now refuses it from its declared lengths, naming the element.
+#[test]
+fn dicom_lengths_are_checked_before_allocation() {
+    let path = corpus_dir("dicom_reader").join("oom-dicom-3g9");
+    let err = echoview::dicom::DicomCine::open(&path)
+        .expect_err("a damaged file is refused")
+        .to_string();
+    assert!(err.contains("more than the whole file"), "{err}");
+    assert!(err.contains("oom-dicom-3g9"), "names the file: {err}");
 }

@@ -120,20 +120,27 @@ fn scratch_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("echoview-fuzz-{}-{name}", std::process::id()))
 }
 
-/// The MCAP session reader: `data` is the whole file. Promises checked: no panic, and after
-/// the first error the reader yields nothing more.
+/// The MCAP session reader: `data` is the whole file, read strictly and skipping bad frames.
+/// Promises checked: no panic, after the first error the reader yields nothing more, and
+/// every bad frame skipped is counted with a reason.
 pub fn session_reader(data: &[u8]) {
     let path = scratch_path("session.mcap");
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    if let Ok(reader) = echoview::session::SessionReader::open(&path) {
+    // Strict, as replay reads; then skipping bad frames, as the daemon's player reads.
+    let opened = [
+        echoview::session::SessionReader::open(&path),
+        echoview::session::SessionReader::open_skipping_bad_frames(&path),
+    ];
+    for mut reader in opened.into_iter().flatten() {
         let _ = reader.metadata().len();
         let _ = reader.summary();
         let mut failed = false;
         // A file of n bytes cannot hold more than n events; the bound catches a reader that
         // loops without consuming input.
-        for (count, event) in reader.enumerate() {
+        for count in 0.. {
+            let Some(event) = reader.next() else { break };
             assert!(!failed, "the reader went on after an error");
             assert!(
                 count <= data.len(),
@@ -141,6 +148,13 @@ pub fn session_reader(data: &[u8]) {
             );
             failed = event.is_err();
         }
+        let (bad, last) = reader.bad_frames();
+        assert_eq!(
+            bad > 0,
+            last.is_some(),
+            "bad frames counted without a reason"
+        );
+        assert!(bad as usize <= data.len(), "more bad frames than bytes");
     }
     let _ = std::fs::remove_file(&path);
 }
@@ -236,4 +250,54 @@ fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
+}
+
+/// The most frames a DICOM input decodes: enough to cross every frame-dependent path (frame
+/// offsets, per-frame fragments, time vectors) while keeping one input fast.
+const DICOM_MAX_FRAMES: usize = 64;
+
+/// The DICOM reader (`echoview::dicom`): `data` is the whole file, a Part 10 file or a bare
+/// dataset, read as replay reads it (open, summary, then inputs in time order with frames
+/// decoded one by one). Promises checked: no panic; every decoded frame has the size the
+/// summary gives and passes [`echoview::media::Frame::validate`]; frame times and sequence
+/// numbers never go backwards; nothing comes after the first error.
+pub fn dicom_reader(data: &[u8]) {
+    let path = scratch_path("cine.dcm");
+    if std::fs::write(&path, data).is_err() {
+        return;
+    }
+    let _ = echoview::dicom::is_dicom(&path);
+    if let Ok(cine) = echoview::dicom::DicomCine::open(&path) {
+        let (rows, columns) = (cine.summary().rows, cine.summary().columns);
+        if let Ok(inputs) = echoview::dicom::DicomInputs::new(cine) {
+            let mut failed = false;
+            let mut frames = 0usize;
+            let mut last: Option<(u64, u64)> = None;
+            for input in inputs {
+                assert!(!failed, "the cine's inputs went on after an error");
+                match input {
+                    Ok(echoview::beats::Input::Frame(frame)) => {
+                        assert_eq!(
+                            (frame.width, frame.height),
+                            (columns, rows),
+                            "a frame's size differs from the summary's"
+                        );
+                        assert!(frame.validate().is_ok(), "a decoded frame is not valid");
+                        if let Some((seq, t_ns)) = last {
+                            assert!(frame.seq > seq, "frame numbers went backwards");
+                            assert!(frame.t_ns >= t_ns, "frame times went backwards");
+                        }
+                        last = Some((frame.seq, frame.t_ns));
+                        frames += 1;
+                        if frames >= DICOM_MAX_FRAMES {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => failed = true,
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
 }

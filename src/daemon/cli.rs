@@ -30,6 +30,10 @@ pub struct RunArgs {
     /// With --play: start the file again when it ends.
     #[arg(long = "loop", requires = "play")]
     pub looped: bool,
+    /// With --play: play this many session seconds per wall second [default: 1, the real
+    /// pace]. For soak tests: hours of heartbeats in minutes. Not with --ecg.
+    #[arg(long, value_name = "X", requires = "play")]
+    pub speed: Option<f64>,
     /// Run the simulated cart in real time as the video and ECG source ([sim] in the config).
     #[arg(long)]
     pub sim: bool,
@@ -69,6 +73,9 @@ impl RunArgs {
             config.source.kind = Some(SourceKind::Play);
             config.source.play = Some(play.clone());
             config.source.looped = self.looped;
+            if self.speed.is_some() {
+                config.source.speed = self.speed;
+            }
         }
         if self.sim {
             config.source.kind = Some(SourceKind::Sim);

@@ -104,9 +104,23 @@ pub struct SourceConfig {
     /// Play the file again from the start when it ends (`play`).
     #[serde(rename = "loop")]
     pub looped: bool,
+    /// With `play`: session seconds played per wall second (default 1, the real pace). Soak
+    /// tests play faster to cover hours of heartbeats in minutes; a cart never needs it.
+    pub speed: Option<f64>,
     /// With `play`: where the ECG comes from, the file's own (`session`, the default) or the
     /// board in `[ecg]` (`serial`), for bench tests of a board against recorded video.
     pub ecg: Option<PlayEcg>,
+}
+
+/// The fastest `source.speed`: beyond it the pacing is no longer the limit (the gating thread
+/// and the input queue are), so a larger number would only hide that.
+pub const MAX_PLAY_SPEED: f64 = 1000.0;
+
+impl SourceConfig {
+    /// Session seconds played per wall second: `speed`, else 1.
+    pub fn play_speed(&self) -> f64 {
+        self.speed.unwrap_or(1.0)
+    }
 }
 
 /// Where a played session's ECG comes from.
@@ -539,6 +553,26 @@ impl Config {
             Some(SourceKind::Play) => self.source.ecg == Some(PlayEcg::Serial),
             _ => false,
         };
+        if let Some(speed) = self.source.speed {
+            if !(speed.is_finite() && speed > 0.0 && speed <= MAX_PLAY_SPEED) {
+                return Err(bad(
+                    "source.speed",
+                    format!(
+                        "{speed} is not a speed: give a number above 0 and at most \
+                         {MAX_PLAY_SPEED}"
+                    ),
+                ));
+            }
+            if serial_ecg && speed != 1.0 {
+                return Err(bad(
+                    "source.speed",
+                    format!(
+                        "{speed} with a live ECG board: the board sends in real time, so the \
+                         video must play at speed 1 (remove source.speed or --speed)"
+                    ),
+                ));
+            }
+        }
         if self.source.kind == Some(SourceKind::Live) {
             self.video.capture_config().map_err(|m| bad("video", m))?;
         }

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::capture::CaptureConfig;
 use crate::serial::SerialError;
@@ -84,6 +84,8 @@ impl OpenSource for SerialSpec {
         Ok(Box::new(SerialSource {
             port: self.reader.port.clone(),
             reader,
+            last_data: Instant::now(),
+            silence_reopen: self.reader.silence_reopen,
         }))
     }
 }
@@ -94,6 +96,10 @@ struct SerialSource {
     port: PathBuf,
     /// The reader thread (stopped when this is dropped).
     reader: SerialReader,
+    /// When ECG last arrived (or the port was opened).
+    last_data: Instant,
+    /// Silence after which this opening ends, so the daemon reopens the port.
+    silence_reopen: Duration,
 }
 
 impl Source for SerialSource {
@@ -102,8 +108,15 @@ impl Source for SerialSource {
             return Ok(Pulled::Idle);
         }
         let event = match self.reader.recv_timeout(MAX_BLOCK) {
+            Ok(ReaderEvent::Ecg(block)) => {
+                self.last_data = Instant::now();
+                return Ok(Pulled::Item(SourceItem::Ecg(block)));
+            }
             Ok(event) => event,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Ok(Pulled::Idle),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                self.check_silence()?;
+                return Ok(Pulled::Idle);
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(self.read_error("the reader thread ended".into()));
             }
@@ -113,6 +126,7 @@ impl Source for SerialSource {
             // Lost samples show up as a gap in the next block's indices, which the gating
             // stage treats as a break; the counters reach the status through the link stats.
             ReaderEvent::Connected { .. } | ReaderEvent::Lost { .. } | ReaderEvent::Stats(_) => {
+                self.check_silence()?;
                 Ok(Pulled::Idle)
             }
             // The daemon owns reconnecting (one backoff policy for every source, and the
@@ -128,6 +142,20 @@ impl Source for SerialSource {
 }
 
 impl SerialSource {
+    /// Ends this opening when the open port has been silent too long (see
+    /// [`ReaderConfig::silence_reopen`]): the daemon then reports the ECG down and reopens it.
+    fn check_silence(&self) -> Result<(), SourceError> {
+        let silent = self.last_data.elapsed();
+        if silent > self.silence_reopen {
+            return Err(self.read_error(format!(
+                "no ECG for {:.1} s although the port is open: the board or its adapter stopped \
+                 sending; reopening the port (check the board's power and cable if this repeats)",
+                silent.as_secs_f64()
+            )));
+        }
+        Ok(())
+    }
+
     fn read_error(&self, message: String) -> SourceError {
         SourceError::Read {
             source_name: format!("ECG port {}", self.port.display()),
@@ -207,8 +235,6 @@ impl Source for VideoSource {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     /// How long the tests wait for a pty reader to deliver.
@@ -276,6 +302,65 @@ mod tests {
     }
 
     #[test]
+    fn a_board_that_goes_silent_on_an_open_port_ends_the_opening_and_reopens() {
+        let format = WireFormat::Binary {
+            width: SampleWidth::I16,
+        };
+        let mut emulator = Emulator::open_pty(EmulatorConfig {
+            speed: None,
+            ..EmulatorConfig::new(format)
+        })
+        .unwrap();
+        let stream = StreamConfig::new(Protocol::Binary(BinaryConfig { lead: 0 }), 500.0);
+        let mut reader = ReaderConfig::new(emulator.device(), stream);
+        reader.silence_reopen = Duration::from_millis(400);
+        let spec = SerialSpec {
+            reader,
+            clock: SessionClock::start(),
+        };
+        let block = |i: u64| EcgBlock {
+            first_index: i * 50,
+            t0_ns: i * 100_000_000,
+            fs_hz: 500.0,
+            samples_mv: vec![0.1; 50],
+            lead_off: false,
+        };
+        let stop = Stop::new();
+        let mut source = spec.open().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        for i in 0..10 {
+            emulator.send(&block(i)).unwrap();
+        }
+        assert!(!pull_ecg(source.as_mut(), &stop).is_empty());
+        // The board stays connected (the pty is open) but sends nothing more.
+        let silent_since = Instant::now();
+        let err = loop {
+            match source.next(&stop) {
+                Ok(Pulled::Idle) => {}
+                Ok(other) => panic!("a silent board delivered {other:?}"),
+                Err(e) => break e.to_string(),
+            }
+            assert!(
+                silent_since.elapsed() < TEST_WAIT,
+                "silence never ended the opening"
+            );
+        };
+        assert!(
+            err.contains("no ECG for") && err.contains("reopening"),
+            "{err}"
+        );
+        assert!(silent_since.elapsed() >= Duration::from_millis(300));
+        // The daemon then reopens the port; a board that talks again is read again.
+        drop(source);
+        let mut source = spec.open().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        for i in 10..20 {
+            emulator.send(&block(i)).unwrap();
+        }
+        assert!(!pull_ecg(source.as_mut(), &stop).is_empty());
+    }
+
+    #[test]
     fn a_missing_port_fails_to_open_with_its_name() {
         let stream = StreamConfig::new(Protocol::Binary(BinaryConfig { lead: 0 }), 500.0);
         let spec = SerialSpec {
@@ -284,6 +369,12 @@ mod tests {
         };
         let err = spec.open().err().expect("no such port").to_string();
         assert!(err.contains("/dev/echoview-no-such-port"), "{err}");
+        // Said once: the serial error names the port, and the source adds nothing to it.
+        assert_eq!(
+            err.matches("cannot open ECG port").count(),
+            1,
+            "context repeated: {err}"
+        );
     }
 
     #[cfg(not(feature = "v4l"))]

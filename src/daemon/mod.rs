@@ -370,6 +370,7 @@ fn sources_of(
                 path: config.source.play.clone().ok_or(DaemonError::NoSource)?,
                 looped: config.source.looped,
                 video_only: serial_ecg.then_some(clock),
+                speed: config.source.play_speed(),
             });
             if serial_ecg {
                 Ok(vec![play, serial()?])
@@ -635,6 +636,7 @@ fn source_thread(
         }
     };
     let mut faults = RateLimited::new(Duration::from_secs(30));
+    let mut frame_faults = RateLimited::new(Duration::from_secs(30));
     let mut backoff = BACKOFF.0;
     let mut first_attempt = true;
     let mut splicer = Splicer::new();
@@ -667,8 +669,19 @@ fn source_thread(
             if shared.stop.is_set() {
                 break 'open;
             }
-            match source.next(&shared.stop) {
+            let pulled = source.next(&shared.stop);
+            let (bad, reason) = source.take_bad_frames();
+            if bad > 0 {
+                bad_frames(shared, &mut frame_faults, &name, bad, reason);
+            }
+            match pulled {
                 Ok(Pulled::Item(item)) => {
+                    if let SourceItem::Frame(frame) = &item
+                        && let Some(reason) = source::frame_fault(frame)
+                    {
+                        bad_frames(shared, &mut frame_faults, &name, 1, Some(reason));
+                        continue;
+                    }
                     let item = splicer.splice(item);
                     match &item {
                         SourceItem::Frame(_) => {
@@ -730,6 +743,27 @@ fn source_fault(
         Instant::now(),
         format_args!("{message}; retrying in {:.1} s", backoff.as_secs_f64()),
     );
+}
+
+/// Reports `count` malformed frames the source `name` dropped: counted, the latest reason in
+/// the status, logged (rate-limited). The source stays up: a bad frame costs that frame.
+fn bad_frames(
+    shared: &Shared,
+    faults: &mut RateLimited,
+    name: &str,
+    count: u64,
+    reason: Option<String>,
+) {
+    shared
+        .counters
+        .err_frames
+        .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+    let message = format!(
+        "{name}: dropped a malformed frame: {}",
+        reason.as_deref().unwrap_or("no reason given")
+    );
+    shared.error(message.clone());
+    faults.log(Level::Warning, Instant::now(), message);
 }
 
 /// When the items of each stream were delivered, to time a beat from its end.

@@ -370,6 +370,11 @@ pub struct Errors {
     pub record: u64,
     /// ECG the detector could not take (e.g. an unsupported sampling rate).
     pub ecg: u64,
+    /// Frames dropped where they entered because they were malformed (pixels of the wrong
+    /// length, a JPEG cut short): each costs that frame only. Added in protocol 1 without a
+    /// version change: old readers ignore it.
+    #[serde(default)]
+    pub frames: u64,
     /// The latest fault, for people.
     pub last: Option<String>,
 }

@@ -132,6 +132,8 @@ pub struct Counters {
     pub err_record: AtomicU64,
     /// ECG the detector refused.
     pub err_ecg: AtomicU64,
+    /// Malformed frames dropped at the source.
+    pub err_frames: AtomicU64,
 }
 
 /// Everything shared. See the module documentation.
@@ -337,6 +339,7 @@ impl Shared {
                 clients_refused: get(&c.clients_refused),
                 record: get(&c.err_record),
                 ecg: get(&c.err_ecg),
+                frames: get(&c.err_frames),
                 last: lock(&self.last_error).clone(),
             },
             recording: lock(&self.recording).clone(),

@@ -26,10 +26,14 @@ use crate::views::View;
 pub const MAX_BLOCK: Duration = Duration::from_millis(250);
 
 /// Why a source could not be opened or read.
+///
+/// The message is usually another module's error, which often names the device or file
+/// itself (`cannot open ECG port X: ...`); the source's name is then not added again, so
+/// people read each fact once.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The device or file could not be opened.
-    #[error("cannot open {source_name}: {message}")]
+    #[error("{}", with_context("cannot open", source_name, message))]
     Open {
         /// The source, as [`OpenSource::name`] gives it.
         source_name: String,
@@ -37,13 +41,24 @@ pub enum SourceError {
         message: String,
     },
     /// Reading failed after the source was open.
-    #[error("{source_name}: {message}")]
+    #[error("{}", with_context("", source_name, message))]
     Read {
         /// The source.
         source_name: String,
         /// What failed.
         message: String,
     },
+}
+
+/// `message`, prefixed with `verb` and the source's name unless it names the source already.
+fn with_context(verb: &str, source_name: &str, message: &str) -> String {
+    if message.contains(source_name) {
+        message.to_string()
+    } else if verb.is_empty() {
+        format!("{source_name}: {message}")
+    } else {
+        format!("{verb} {source_name}: {message}")
+    }
 }
 
 /// One thing a source delivers.
@@ -100,6 +115,36 @@ pub trait Source: Send {
     /// Waits for the next item, at most about [`MAX_BLOCK`]; returns at once when `stop` is
     /// set.
     fn next(&mut self, stop: &Stop) -> Result<Pulled, SourceError>;
+
+    /// Frames the source received but could not deliver since the last call, because they
+    /// were malformed, and why the latest was: a bad frame costs that frame, never the
+    /// source, but the status must count it. Sources that deliver every frame they get
+    /// (checked downstream by [`frame_fault`]) report none.
+    fn take_bad_frames(&mut self) -> (u64, Option<String>) {
+        (0, None)
+    }
+}
+
+/// Why `frame` cannot be used, if it cannot: its buffer does not hold what its header
+/// promises ([`Frame::validate`]), or it is a Motion-JPEG frame cut short (no end-of-image
+/// marker; its headers may still be intact). The daemon drops such frames where they enter,
+/// so one bad frame costs one frame: the gate then takes the next nearest frame, instead of
+/// the whole beat failing in preprocessing, and the recorder never meets a frame it cannot
+/// write.
+pub fn frame_fault(frame: &Frame) -> Option<String> {
+    if let Err(reason) = frame.validate() {
+        return Some(reason);
+    }
+    if frame.format == crate::media::PixelFormat::Mjpeg && !crate::jpeg::ends_complete(&frame.data)
+    {
+        return Some(format!(
+            "frame {}: its {} bytes of JPEG data end without the end-of-image marker FF D9: \
+             the frame was cut short",
+            frame.seq,
+            frame.data.len()
+        ));
+    }
+    None
 }
 
 /// Opens a source, as often as it takes: at start and after every fault.
@@ -151,19 +196,50 @@ impl Stop {
     }
 }
 
-/// Paces items at their real rate: the first item is due now, each later one when as much
-/// wall time has passed as session time between it and the first.
-#[derive(Debug, Default)]
+/// Paces items at their real rate, or a multiple of it: the first item is due now, each later
+/// one when as much wall time has passed as session time between it and the first, divided by
+/// the speed.
+#[derive(Debug)]
 pub struct Pacer {
     /// Wall instant and session time of the first item.
     anchor: Option<(Instant, u64)>,
+    /// Session seconds played per wall second: 1 on a cart; more for soak tests, which need
+    /// hours of heartbeats in minutes.
+    speed: f64,
+}
+
+impl Default for Pacer {
+    fn default() -> Pacer {
+        Pacer::new(1.0)
+    }
 }
 
 impl Pacer {
+    /// A pacer playing `speed` session seconds per wall second (taken as 1 unless it is
+    /// finite and positive).
+    pub fn new(speed: f64) -> Pacer {
+        let speed = if speed.is_finite() && speed > 0.0 {
+            speed
+        } else {
+            1.0
+        };
+        Pacer {
+            anchor: None,
+            speed,
+        }
+    }
+
     /// The wall instant at which an item available at session time `t_ns` is due.
     pub fn due(&mut self, t_ns: u64) -> Instant {
         let (wall, t0) = *self.anchor.get_or_insert((Instant::now(), t_ns));
-        wall + Duration::from_nanos(t_ns.saturating_sub(t0))
+        let session_ns = t_ns.saturating_sub(t0);
+        let wall_ns = if self.speed == 1.0 {
+            session_ns
+        } else {
+            // f64 keeps 52 bits: exact to the nanosecond for 52 days of session time.
+            (session_ns as f64 / self.speed) as u64
+        };
+        wall + Duration::from_nanos(wall_ns)
     }
 }
 
@@ -295,6 +371,8 @@ pub struct PlaySpec {
     /// moment each frame is shown, as a grabber would stamp it; the ECG then comes from a
     /// board. `None` plays video and ECG on the file's own clock.
     pub video_only: Option<SessionClock>,
+    /// Session seconds played per wall second (see [`Pacer`]): 1 at the real pace.
+    pub speed: f64,
 }
 
 impl OpenSource for PlaySpec {
@@ -310,16 +388,18 @@ impl OpenSource for PlaySpec {
     }
 
     fn open(&self) -> Result<Box<dyn Source>, SourceError> {
-        let reader = SessionReader::open(&self.path).map_err(|e| SourceError::Open {
-            source_name: self.name(),
-            message: e.to_string(),
-        })?;
+        let reader =
+            SessionReader::open_skipping_bad_frames(&self.path).map_err(|e| SourceError::Open {
+                source_name: self.name(),
+                message: e.to_string(),
+            })?;
         Ok(Box::new(PlaySource {
             path: self.path.clone(),
             reader,
-            pacer: Pacer::default(),
+            pacer: Pacer::new(self.speed),
             pending: None,
             restamp: self.video_only,
+            bad_frames_reported: 0,
         }))
     }
 
@@ -340,6 +420,8 @@ struct PlaySource {
     pending: Option<SourceItem>,
     /// The live clock to restamp video onto, when the ECG comes from elsewhere.
     restamp: Option<SessionClock>,
+    /// Bad frames the reader skipped that [`Source::take_bad_frames`] has already reported.
+    bad_frames_reported: u64,
 }
 
 impl PlaySource {
@@ -383,6 +465,13 @@ impl Source for PlaySource {
             }
             Due::Stopping => Ok(Pulled::Idle),
         }
+    }
+
+    fn take_bad_frames(&mut self) -> (u64, Option<String>) {
+        let (total, last) = self.reader.bad_frames();
+        let new = total.saturating_sub(self.bad_frames_reported);
+        self.bad_frames_reported = total;
+        (new, last.filter(|_| new > 0).map(str::to_string))
     }
 }
 
@@ -559,6 +648,45 @@ mod tests {
         let later = p.due(5_250_000_000);
         assert_eq!(later - first, Duration::from_millis(250));
         assert_eq!(p.due(4_000_000_000), first, "late items are due at once");
+    }
+
+    #[test]
+    fn a_faster_pacer_divides_session_time_by_its_speed() {
+        let mut p = Pacer::new(8.0);
+        let first = p.due(1_000_000_000);
+        assert_eq!(p.due(3_000_000_000) - first, Duration::from_millis(250));
+        let mut unusable = Pacer::new(f64::NAN);
+        let first = unusable.due(0);
+        assert_eq!(unusable.due(40_000_000) - first, Duration::from_millis(40));
+    }
+
+    #[test]
+    fn source_errors_name_the_source_once() {
+        let named = SourceError::Open {
+            source_name: "ECG port /dev/x".into(),
+            message: "cannot open ECG port /dev/x: No such file or directory; check the cable"
+                .into(),
+        };
+        assert_eq!(
+            named.to_string(),
+            "cannot open ECG port /dev/x: No such file or directory; check the cable"
+        );
+        let bare = SourceError::Open {
+            source_name: "simulator".into(),
+            message: "fps must be positive".into(),
+        };
+        assert_eq!(
+            bare.to_string(),
+            "cannot open simulator: fps must be positive"
+        );
+        let read = SourceError::Read {
+            source_name: "session file a.mcap".into(),
+            message: "a chunk fails its CRC check".into(),
+        };
+        assert_eq!(
+            read.to_string(),
+            "session file a.mcap: a chunk fails its CRC check"
+        );
     }
 
     #[test]

@@ -63,11 +63,16 @@ pub struct ReaderConfig {
     pub backoff_first: Duration,
     /// Longest wait between reopen attempts (the wait doubles up to this).
     pub backoff_max: Duration,
+    /// Longest silence on an open port before the daemon reopens it. A board that hangs (a
+    /// firmware fault, a USB adapter that stops passing data) keeps the port open but sends
+    /// nothing; reading on would wait forever, while reopening resets the adapter and, with
+    /// most boards, their streaming.
+    pub silence_reopen: Duration,
 }
 
 impl ReaderConfig {
     /// Defaults for `port` and `stream`: 115200 baud, 256 events, 50 ms polls, reopening
-    /// after 100 ms, then at most every 5 s.
+    /// after 100 ms, then at most every 5 s; a port silent for 3 s is reopened.
     pub fn new(port: impl Into<PathBuf>, stream: StreamConfig) -> ReaderConfig {
         ReaderConfig {
             port: port.into(),
@@ -77,6 +82,7 @@ impl ReaderConfig {
             poll: Duration::from_millis(50),
             backoff_first: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            silence_reopen: Duration::from_secs(3),
         }
     }
 

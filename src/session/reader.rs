@@ -85,6 +85,20 @@ impl SessionReader {
     /// cut short or damaged opens fine: the iterator delivers what is intact, then the error.
     /// Opening reads the summary (finished files only) and everything up to the first message.
     pub fn open(path: &Path) -> Result<SessionReader, SessionError> {
+        SessionReader::open_with(path, false)
+    }
+
+    /// Opens a session file for playing to a live pipeline, which can lose a frame but should
+    /// not lose the rest of the file to it: a video message that does not decode to a valid
+    /// frame (pixels of the wrong length, a JPEG without a readable header, a frame out of
+    /// order) is skipped and counted ([`SessionReader::bad_frames`]) instead of ending the
+    /// stream. Every other fault ends it as with [`SessionReader::open`].
+    pub fn open_skipping_bad_frames(path: &Path) -> Result<SessionReader, SessionError> {
+        SessionReader::open_with(path, true)
+    }
+
+    /// [`SessionReader::open`], skipping bad frames when `skip_bad_frames` is set.
+    fn open_with(path: &Path, skip_bad_frames: bool) -> Result<SessionReader, SessionError> {
         let read_err = |source| SessionError::Read {
             path: path.to_path_buf(),
             source,
@@ -106,7 +120,10 @@ impl SessionReader {
             source: BufReader::with_capacity(READ_BUFFER, file),
             remaining: len,
             mcap: LinearReader::new_with_options(options),
-            decoder: Decoder::new(path),
+            decoder: Decoder {
+                skip_bad_frames,
+                ..Decoder::new(path)
+            },
             summary: None,
             pending: None,
             done: false,
@@ -147,6 +164,15 @@ impl SessionReader {
                 .into_iter()
                 .any(|t| s.message_counts.get(t.spec().topic).is_some_and(|&n| n > 0))
         })
+    }
+
+    /// Video messages skipped so far because they did not decode to a valid frame (only with
+    /// [`SessionReader::open_skipping_bad_frames`]), and why the latest one was.
+    pub fn bad_frames(&self) -> (u64, Option<&str>) {
+        (
+            self.decoder.bad_frames,
+            self.decoder.last_bad_frame.as_deref(),
+        )
     }
 
     /// Messages on channels this reader does not know, per topic, skipped so far.
@@ -249,6 +275,12 @@ struct Decoder {
     last_seq: Option<u64>,
     /// The data section has ended; summary records repeat what was read and are skipped.
     past_data_end: bool,
+    /// Skip video messages that do not decode, rather than end the stream there.
+    skip_bad_frames: bool,
+    /// Video messages skipped so.
+    bad_frames: u64,
+    /// Why the latest of them was skipped.
+    last_bad_frame: Option<String>,
 }
 
 impl Decoder {
@@ -265,6 +297,9 @@ impl Decoder {
             last_t_ns: [None; Stream::ALL.len()],
             last_seq: None,
             past_data_end: false,
+            skip_bad_frames: false,
+            bad_frames: 0,
+            last_bad_frame: None,
         }
     }
 
@@ -349,14 +384,24 @@ impl Decoder {
                         )));
                     }
                 };
-                let event = self
-                    .message(stream, header.log_time, header.sequence, &data)
-                    .map_err(|detail| SessionError::BadMessage {
-                        path: self.path.clone(),
-                        topic: stream.spec().topic.to_string(),
-                        t_ns: header.log_time,
-                        detail,
-                    })?;
+                let event = match self.message(stream, header.log_time, header.sequence, &data) {
+                    Ok(event) => event,
+                    Err(detail) => {
+                        let error = SessionError::BadMessage {
+                            path: self.path.clone(),
+                            topic: stream.spec().topic.to_string(),
+                            t_ns: header.log_time,
+                            detail,
+                        };
+                        let video = matches!(stream, Stream::Video | Stream::VideoCompressed);
+                        if !(self.skip_bad_frames && video) {
+                            return Err(error);
+                        }
+                        self.bad_frames += 1;
+                        self.last_bad_frame = Some(error.to_string());
+                        return Ok(None);
+                    }
+                };
                 self.last_t_ns[stream.index()] = Some(header.log_time);
                 self.messages_read += 1;
                 Ok(Some(event))
