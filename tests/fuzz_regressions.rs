@@ -345,3 +345,17 @@ fn dicom_lengths_are_checked_before_allocation() {
     assert!(err.contains("more than the whole file"), "{err}");
     assert!(err.contains("oom-dicom-3g9"), "names the file: {err}");
 }
+
+/// libFuzzer's second find: a 1.5 KB Part 10 file whose file meta header declares an element
+/// of 3.9 GB (its VR bytes damaged) made the meta header parser allocate it: 3.8 GB and 15 s.
+/// The meta group's lengths are now checked before it is parsed.
+#[test]
+fn dicom_meta_header_lengths_are_checked_before_allocation() {
+    let path = corpus_dir("dicom_reader").join("oom-dicom-meta-3g8");
+    let err = echoview::dicom::DicomCine::open(&path)
+        .expect_err("a damaged header is refused")
+        .to_string();
+    assert!(err.contains("more than the whole file"), "{err}");
+    assert!(err.contains("Part 10 header"), "{err}");
+    assert!(err.contains("oom-dicom-meta-3g8"), "names the file: {err}");
+}
