@@ -225,6 +225,13 @@ impl BeatCutter {
         nearest_in_time(&self.frames, t_ns, |f| f.t_ns)
     }
 
+    /// The held frames captured at or after `t_ns`, oldest first.
+    pub fn frames_since(&self, t_ns: u64) -> impl Iterator<Item = &Frame> {
+        // Held frames are in capture order (push_frame refuses any other).
+        let first = self.frames.partition_point(|f| f.t_ns < t_ns);
+        self.frames.range(first..)
+    }
+
     /// Capture time of the newest frame held.
     pub fn latest_frame_ns(&self) -> Option<u64> {
         self.frames.back().map(|f| f.t_ns)
@@ -488,5 +495,23 @@ mod tests {
             }))
             .unwrap_err();
         assert!(err.to_string().contains("50"), "{err}");
+    }
+
+    #[test]
+    fn frames_since_lists_the_held_frames_from_a_time_on() {
+        let mut cutter = BeatCutter::new(2);
+        for (seq, t) in [(0, 0), (1, 40), (2, 80), (3, 120)] {
+            cutter.push(Input::Frame(frame(seq, t))).unwrap();
+        }
+        let seqs =
+            |t_ms: u64| -> Vec<u64> { cutter.frames_since(t_ms * MS).map(|f| f.seq).collect() };
+        assert_eq!(seqs(0), vec![0, 1, 2, 3]);
+        assert_eq!(
+            seqs(40),
+            vec![1, 2, 3],
+            "a frame at the time itself is included"
+        );
+        assert_eq!(seqs(41), vec![2, 3]);
+        assert!(seqs(121).is_empty());
     }
 }

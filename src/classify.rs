@@ -108,6 +108,19 @@ impl FeatureCache {
         self.entries.push_back(entry);
     }
 
+    /// Most entries kept.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Keeps at most `capacity` entries from now on, evicting the oldest beyond it.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+        while self.entries.len() > self.capacity {
+            self.entries.pop_front();
+        }
+    }
+
     /// Number of cached vectors.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -180,7 +193,15 @@ impl Classifier {
     /// features came from the old engine and are dropped, so no beat mixes the two.
     pub fn replace_engine(&mut self, engine: Box<dyn Engine>) {
         self.engine = engine;
-        self.cache = FeatureCache::new(CACHE_BEATS * self.frames_per_beat);
+        self.cache = FeatureCache::new(self.cache.capacity());
+    }
+
+    /// Sizes the feature cache for `frames` frames, never below the default of three beats'
+    /// worth: encoding every incoming frame ahead (`daemon::encode`) needs room for all the
+    /// frames of the beat now open, not just its T phases.
+    pub fn set_cache_frames(&mut self, frames: usize) {
+        self.cache
+            .set_capacity(frames.max(CACHE_BEATS * self.frames_per_beat));
     }
 
     /// Encodes frame `seq` from `tensor` into the cache unless it is there already; `true`
@@ -370,6 +391,28 @@ mod tests {
         assert!(cache.get(6, &[0.5]).is_none());
         assert_eq!(cache.get(9, &[0.5]), Some(&[9.0][..]));
         assert!(cache.get(9, &[-0.5]).is_none(), "another input");
+        cache.set_capacity(2);
+        assert_eq!(cache.len(), 2, "shrinking evicts the oldest");
+        assert!(cache.get(7, &[0.5]).is_none());
+        cache.set_capacity(5);
+        for seq in 10..13 {
+            cache.insert(seq, &[0.5], &[seq as f32]);
+        }
+        assert_eq!((cache.len(), cache.capacity()), (5, 5));
+        assert_eq!(
+            cache.get(8, &[0.5]),
+            Some(&[8.0][..]),
+            "growing keeps entries"
+        );
+    }
+
+    #[test]
+    fn the_cache_never_shrinks_below_three_beats() {
+        let mut c = classifier(10.0, 0.5);
+        c.set_cache_frames(1);
+        assert_eq!(c.cache.capacity(), CACHE_BEATS * 2);
+        c.set_cache_frames(50);
+        assert_eq!(c.cache.capacity(), 50);
     }
 
     #[test]

@@ -201,6 +201,11 @@ impl ModelStage {
         self.classifier.replace_engine(engine);
     }
 
+    /// Sizes the feature cache for `frames` frames (see [`Classifier::set_cache_frames`]).
+    pub fn set_cache_frames(&mut self, frames: usize) {
+        self.classifier.set_cache_frames(frames);
+    }
+
     /// Classifies `beat` from its T `frames` in phase order. `Ok(None)` when the frames are
     /// unusable (malformed, or their size changed mid-beat).
     pub fn classify(

@@ -116,12 +116,8 @@ fn fake_trtexec(dir: &Path, plan_bytes: Option<&str>) -> PathBuf {
     path
 }
 
-/// Runs `board/build-engine.sh` for `request` with the fake trtexec in `dir`.
-fn rebuild(
-    dir: &Path,
-    plan_bytes: Option<&str>,
-    request: &RebuildRequest,
-) -> Result<(), RebuildError> {
+/// Writes `dir/build-engine`: `board/build-engine.sh` with the fake trtexec in `dir`.
+fn fake_builder(dir: &Path, plan_bytes: Option<&str>) -> PathBuf {
     let trtexec = fake_trtexec(dir, plan_bytes);
     // The script reads TRTEXEC from its environment; a wrapper sets it for this build only.
     let wrapper = dir.join("build-engine");
@@ -139,6 +135,16 @@ fn rebuild(
         .arg(&wrapper)
         .status()
         .unwrap();
+    wrapper
+}
+
+/// Runs `board/build-engine.sh` for `request` with the fake trtexec in `dir`.
+fn rebuild(
+    dir: &Path,
+    plan_bytes: Option<&str>,
+    request: &RebuildRequest,
+) -> Result<(), RebuildError> {
+    let wrapper = fake_builder(dir, plan_bytes);
     let mut build = Rebuild::start(&wrapper, request);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while build.poll().is_none() {
@@ -274,6 +280,7 @@ mod feature_off {
 #[cfg(feature = "tensorrt")]
 mod feature_on {
     use super::*;
+    use echoview::daemon::protocol::{Hello, Message, StatusMsg, ViewMsg};
 
     /// Writes a plan of the demo bundle's encoder whose sidecar matches the model.
     fn good_plan(dir: &Path) -> PathBuf {
@@ -368,6 +375,185 @@ mod feature_on {
             ..options_in(dir.path())
         };
         auto_ends_on_tract(&options, "symbol_missing");
+    }
+
+    /// A fake CUDA runtime with one GPU ("Fake Orin", compute capability 8.7) on which
+    /// every allocation fails: enough to build a plan for, never to run one.
+    const FAKE_CUDART: &str = "#include <string.h>\n\
+         int cudaGetDeviceCount(int *n) { *n = 1; return 0; }\n\
+         int cudaGetDeviceProperties(void *p, int d) { (void)d; strcpy((char *)p, \"Fake Orin\"); return 0; }\n\
+         int cudaDeviceGetAttribute(int *v, int a, int d) { (void)d; *v = a == 75 ? 8 : 7; return 0; }\n\
+         int cudaMalloc(void **p, unsigned long n) { (void)p; (void)n; return 2; }\n\
+         int cudaFree(void *p) { (void)p; return 0; }\n\
+         int cudaMemcpyAsync(void *d, const void *s, unsigned long n, int k, void *t) \
+         { (void)d; (void)s; (void)n; (void)k; (void)t; return 1; }\n\
+         int cudaStreamCreate(void **s) { *s = 0; return 0; }\n\
+         int cudaStreamSynchronize(void *s) { (void)s; return 0; }\n\
+         int cudaStreamDestroy(void *s) { (void)s; return 0; }\n";
+
+    /// Reads the daemon's socket: hello, views and statuses as they come.
+    struct Client {
+        lines: std::io::Lines<std::io::BufReader<std::os::unix::net::UnixStream>>,
+        hello: Option<Hello>,
+        views: Vec<ViewMsg>,
+        statuses: Vec<StatusMsg>,
+    }
+
+    impl Client {
+        fn connect(path: &Path) -> Client {
+            let stream = std::os::unix::net::UnixStream::connect(path).unwrap();
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            Client {
+                lines: std::io::BufRead::lines(std::io::BufReader::new(stream)),
+                hello: None,
+                views: Vec::new(),
+                statuses: Vec::new(),
+            }
+        }
+
+        /// Reads messages until `done` holds, failing after `within` seconds.
+        fn read_until(&mut self, within: u64, done: impl Fn(&Client) -> bool) {
+            let start = std::time::Instant::now();
+            while !done(self) {
+                assert!(start.elapsed().as_secs() < within, "timed out");
+                let line = self.lines.next().expect("connection closed").unwrap();
+                match Message::from_line(&line).unwrap().expect("a known message") {
+                    Message::Hello(h) => self.hello = Some(h),
+                    Message::View(v) => self.views.push(v),
+                    Message::Status(s) => self.statuses.push(*s),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_daemon_rebuilds_a_missing_plan_and_stays_on_tract_when_it_cannot_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let session = dir.join("s.mcap");
+        record(
+            SimConfig {
+                seed: 12,
+                scan: ScanScript::from_views(&[View::A4c], 12),
+                ..SimConfig::default()
+            },
+            &session,
+        )
+        .unwrap();
+        let builder = fake_builder(dir, Some("PLAN-rebuilt"));
+        // TensorRT 10.3 whose runtime factory fails, on a GPU where nothing can run: the plan
+        // can be built for them, but not loaded.
+        let nvinfer = fake_libnvinfer(dir, "libnvinfer-10", FAKE_TRT_10);
+        let cudart = fake_libnvinfer(dir, "libcudart-fake", FAKE_CUDART);
+        let plan = dir.join("encoder.plan");
+        let socket = dir.join("labels.sock");
+        let config = dir.join("echoview.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[model]\nengine = \"auto\"\nplan = \"{}\"\nplan_builder = \"{}\"\n",
+                plan.display(),
+                builder.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_echoview"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--play")
+            .arg(&session)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--model")
+            .arg(repo().join("models/demo"))
+            .env("ECHOVIEW_LIBNVINFER", &nvinfer)
+            .env("ECHOVIEW_LIBCUDART", &cudart)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed().as_secs() < 20 && child.try_wait().unwrap().is_none(),
+                "the daemon did not start: {}",
+                std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let mut early = Client::connect(&socket);
+        early.read_until(5, |c| c.hello.is_some());
+        let hello = early.hello.clone().unwrap();
+        assert_eq!(hello.engine, "tract");
+        assert_eq!(hello.fallback_reason.as_deref(), Some("plan_missing"));
+        // The rebuild runs, ends, and the new plan is refused; beats keep coming throughout.
+        early.read_until(30, |c| {
+            c.views.len() >= 5
+                && c.statuses.last().is_some_and(|s| {
+                    s.engine
+                        .plan_rebuild
+                        .as_ref()
+                        .is_some_and(|r| r.state != "running")
+                })
+        });
+        let status = early.statuses.last().unwrap().clone();
+        let rebuild = status.engine.plan_rebuild.clone().unwrap();
+        // With TensorRT headers the shim calls the fake factory, which returns null; without
+        // them (as on CI) it cannot call it at all.
+        let expected = if echoview::engine::tensorrt::built_version().is_some() {
+            "runtime_null"
+        } else {
+            "no_headers"
+        };
+        assert_eq!(rebuild.state, "load_failed", "{status:?}");
+        assert_eq!(rebuild.plan, plan.display().to_string());
+        assert_eq!(status.engine.name, "tract");
+        assert_eq!(status.engine.device.as_deref(), Some("cpu"));
+        assert_eq!(
+            status.engine.fallback_reason.as_deref(),
+            Some(expected),
+            "{status:?}"
+        );
+        // The plan the fake trtexec wrote is on disk with a sidecar for this TensorRT and GPU.
+        let checked = plan::read_checked(&plan, &ModelNeeds::of(&demo_bundle())).unwrap();
+        assert_eq!(checked.bytes, b"PLAN-rebuilt");
+        assert_eq!(
+            (
+                checked.sidecar.tensorrt_version.as_str(),
+                checked.sidecar.gpu_name.as_str(),
+                checked.sidecar.compute_capability.as_str()
+            ),
+            ("10.3.0", "Fake Orin", "8.7")
+        );
+        // A client arriving now is greeted with the new reason.
+        let mut late = Client::connect(&socket);
+        late.read_until(5, |c| c.hello.is_some());
+        assert_eq!(
+            late.hello.as_ref().unwrap().fallback_reason.as_deref(),
+            Some(expected)
+        );
+        // Every beat was labelled: consecutive beat numbers, none dropped.
+        early.read_until(30, |c| c.views.len() >= 7);
+        let numbers: Vec<u64> = early.views.iter().map(|v| v.beat).collect();
+        assert!(
+            numbers.windows(2).all(|w| w[1] == w[0] + 1),
+            "beats missing: {numbers:?}"
+        );
+        assert!(early.views.iter().all(|v| !v.label.is_empty()));
+        let last = early.statuses.last().unwrap();
+        assert_eq!(last.drops.beats, 0, "{last:?}");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        assert!(child.wait().unwrap().success());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::media::PixelFormat;
 use crate::serial::{AsciiConfig, BinaryConfig, EcgStream, Protocol, ReaderConfig, StreamConfig};
 use crate::sim::{ScanScript, SimConfig};
 
+use super::encode::EncodeMode;
 use super::stability::StabilityConfig;
 
 /// Where the config file is looked for when no `--config` is given.
@@ -336,7 +337,16 @@ pub struct ModelSection {
     pub engine: String,
     /// The TensorRT encoder plan; unset means `encoder.plan` in the bundle folder.
     pub plan: Option<PathBuf>,
+    /// With `engine = "auto"`, rebuild a missing or stale plan in the background (serving on
+    /// tract meanwhile) and switch to TensorRT when it loads (`daemon::planswitch`).
+    pub plan_rebuild: bool,
+    /// The command that builds the plan: `board/build-engine.sh` (trtexec), as the package
+    /// installs it.
+    pub plan_builder: PathBuf,
 }
+
+/// Where the package installs `board/build-engine.sh`.
+pub const DEFAULT_PLAN_BUILDER: &str = "/usr/share/echoview/board/build-engine.sh";
 
 impl Default for ModelSection {
     fn default() -> ModelSection {
@@ -344,6 +354,8 @@ impl Default for ModelSection {
             dir: None,
             engine: EngineKind::Auto.name().into(),
             plan: None,
+            plan_rebuild: true,
+            plan_builder: PathBuf::from(DEFAULT_PLAN_BUILDER),
         }
     }
 }
@@ -473,6 +485,10 @@ pub struct PipelineSection {
     /// Encode the frames the open beat will most likely pick while waiting for it to close
     /// (`daemon::lookahead`); off only to measure what it saves.
     pub lookahead: bool,
+    /// Which frames to encode ahead (with `lookahead` on): `auto` (every frame while the
+    /// GPU keeps up, else the predicted phases), `phases` or `every-frame`
+    /// (`daemon::encode`).
+    pub encode: EncodeMode,
 }
 
 impl Default for PipelineSection {
@@ -482,6 +498,7 @@ impl Default for PipelineSection {
             record_queue: 256,
             stall_s: 5.0,
             lookahead: true,
+            encode: EncodeMode::Auto,
         }
     }
 }

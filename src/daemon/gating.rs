@@ -198,6 +198,12 @@ impl GatingStage {
         self.cutter.frame_near(t_ns)
     }
 
+    /// The held frames captured at or after `t_ns`, oldest first (see
+    /// [`BeatCutter::frames_since`]).
+    pub fn frames_since(&self, t_ns: u64) -> impl Iterator<Item = &Frame> {
+        self.cutter.frames_since(t_ns)
+    }
+
     /// Capture time of the newest frame held.
     pub fn latest_frame_ns(&self) -> Option<u64> {
         self.cutter.latest_frame_ns()

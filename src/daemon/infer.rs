@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use crate::bundle::Bundle;
 use crate::classify::BeatClassification;
-use crate::engine::{self, EngineKind};
+use crate::engine::{self, EngineKind, TrtOptions};
 use crate::gate::Heartbeat;
 use crate::media::Frame;
 pub use crate::pipeline::ModelStage;
 use crate::pipeline::PipelineError;
 
-use super::shared::lock;
+use super::encode::Average;
+use super::shared::{Shared, lock};
 
 /// Classifies one gated beat. [`ModelStage`] is the real one; tests may supply others.
 pub trait ClassifyBeat: Send {
@@ -33,10 +34,6 @@ pub trait ClassifyBeat: Send {
         frames: &[&Frame],
     ) -> Result<Option<BeatClassification>, PipelineError>;
 
-    /// Replaces an engine that keeps failing. `attempt` counts recoveries since the engine
-    /// last worked for a while: the first reopens the same engine (a fault may be transient:
-    /// a GPU reset, a driver hiccup), later ones fall back to tract, which runs everywhere.
-    /// On `Err` the old engine stays and the reason is reported.
     /// Encodes `frame` ahead of the end of the beat it is expected in (see
     /// `daemon::lookahead`); `Ok(true)` when the encoder ran. Classifiers without a feature
     /// cache do nothing.
@@ -45,9 +42,27 @@ pub trait ClassifyBeat: Send {
         Ok(false)
     }
 
+    /// Sizes the feature cache for `frames` frames, for when every frame is encoded ahead
+    /// (`daemon::encode`). Classifiers without a feature cache ignore it.
+    fn set_cache_frames(&mut self, frames: usize) {
+        let _ = frames;
+    }
+
+    /// Replaces an engine that keeps failing. `attempt` counts recoveries since the engine
+    /// last worked for a while: the first reopens the same engine (a fault may be transient:
+    /// a GPU reset, a driver hiccup), later ones fall back to tract, which runs everywhere.
+    /// On `Err` the old engine stays and the reason is reported.
     fn recover(&mut self, attempt: u32) -> Result<Recovered, String> {
         let _ = attempt;
         Err("this classifier cannot reopen its engine".into())
+    }
+
+    /// Runs the model on `engine` from now on: a TensorRT engine on a plan rebuilt in the
+    /// background (`daemon::planswitch`), opened and checked against tract already. `false`
+    /// (and `engine` dropped) when this classifier cannot change engines.
+    fn switch_engine(&mut self, engine: Box<dyn engine::Engine>) -> bool {
+        drop(engine);
+        false
     }
 }
 
@@ -68,6 +83,8 @@ pub struct RecoverableModel {
     bundle: Bundle,
     /// The engine configured.
     kind: EngineKind,
+    /// Where TensorRT's files are, so a reopened engine uses the configured plan.
+    options: TrtOptions,
 }
 
 impl RecoverableModel {
@@ -79,9 +96,17 @@ impl RecoverableModel {
     ) -> RecoverableModel {
         RecoverableModel {
             stage: ModelStage::new(&bundle, engine),
+            options: TrtOptions::for_bundle(&bundle),
             bundle,
             kind,
         }
+    }
+
+    /// Reopens TensorRT from `options` (the config's plan) rather than the bundle's
+    /// defaults.
+    pub fn with_trt_options(mut self, options: TrtOptions) -> RecoverableModel {
+        self.options = options;
+        self
     }
 }
 
@@ -102,13 +127,24 @@ impl ClassifyBeat for RecoverableModel {
         self.stage.encode_ahead(frame)
     }
 
+    fn set_cache_frames(&mut self, frames: usize) {
+        self.stage.set_cache_frames(frames);
+    }
+
+    fn switch_engine(&mut self, engine: Box<dyn engine::Engine>) -> bool {
+        self.stage.replace_engine(engine);
+        true
+    }
+
     fn recover(&mut self, attempt: u32) -> Result<Recovered, String> {
         let kind = if attempt == 0 {
             self.kind
         } else {
             EngineKind::Tract
         };
-        let engine = engine::open(&self.bundle, kind).map_err(|e| e.to_string())?;
+        let engine = engine::select(&self.bundle, kind, &self.options)
+            .map_err(|e| e.to_string())?
+            .engine;
         self.stage.replace_engine(engine);
         let fallback = (kind != self.kind).then(|| {
             format!(
@@ -139,6 +175,45 @@ impl ClassifyBeat for ModelStage {
 
     fn encode_ahead(&mut self, frame: &Frame) -> Result<bool, PipelineError> {
         ModelStage::encode_ahead(self, frame)
+    }
+
+    fn set_cache_frames(&mut self, frames: usize) {
+        ModelStage::set_cache_frames(self, frames);
+    }
+
+    fn switch_engine(&mut self, engine: Box<dyn engine::Engine>) -> bool {
+        self.replace_engine(engine);
+        true
+    }
+}
+
+/// The per-frame encoder latency of the engine running now, from the frames encoded ahead
+/// (preprocessing and one encoder pass each), published in `status` as `engine.frame_ms`.
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// The engine measured; another one starts the average afresh.
+    engine: &'static str,
+    /// Milliseconds per frame.
+    average: Average,
+}
+
+impl Latency {
+    /// Starts afresh when the engine running is no longer the one measured (a recovery or a
+    /// plan switch replaced it): its latency says nothing of the new one.
+    pub fn follow(&mut self, engine: &'static str, shared: &Shared) {
+        if self.engine != engine {
+            *self = Latency {
+                engine,
+                average: Average::default(),
+            };
+            shared.set_frame_ms(None);
+        }
+    }
+
+    /// Adds one frame's time.
+    pub fn push(&mut self, took: Duration, shared: &Shared) {
+        self.average.push(took.as_secs_f64() * 1e3);
+        shared.set_frame_ms(self.average.get());
     }
 }
 

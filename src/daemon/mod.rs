@@ -20,13 +20,16 @@
 //! Each source owns a thread so a slow or faulty device never stalls another; gating is
 //! cheap and sees every item; inference is slow and always works on the freshest beat, and
 //! spends its idle time encoding the frames the open beat will most likely pick
-//! ([`lookahead`]), so that when the beat closes little more than the head remains. The
-//! server runs on a current-thread tokio runtime and takes its shutdown signal as a future
-//! ([`Daemon::run`]), so tests stop it without signals. Nothing a device or a client does
+//! ([`lookahead`]), or every frame while the engine keeps up ([`encode`]), so that when the
+//! beat closes little more than the head remains. A missing or stale TensorRT plan is
+//! rebuilt in the background and the encoder moved onto it between beats ([`planswitch`]).
+//! The server runs on a current-thread tokio runtime and takes its shutdown signal as a
+//! future ([`Daemon::run`]), so tests stop it without signals. Nothing a device or a client does
 //! ends the process: faults are logged, counted in the `status` message and retried.
 
 pub mod cli;
 pub mod config;
+pub mod encode;
 pub mod gating;
 pub mod infer;
 pub mod live;
@@ -34,6 +37,7 @@ pub mod log;
 pub mod lookahead;
 pub mod notify;
 pub mod peer;
+pub mod planswitch;
 pub mod protocol;
 pub mod record;
 pub mod shared;
@@ -55,20 +59,22 @@ use tokio::sync::{mpsc, watch};
 
 use crate::bundle::{Bundle, BundleError};
 use crate::classify::Label;
-use crate::engine::{EngineError, FallbackReason, TrtOptions};
+use crate::engine::{EngineError, EngineKind, FallbackReason, TrtOptions};
 use crate::media::Frame;
 use crate::views::View;
 
 use self::config::{Config, ConfigError, PlayEcg, SourceKind};
+use self::encode::{EncodeMode, FrameRate};
 use self::gating::{BeatGating, GatedBeat, GatedEvent, GatingConfig, GatingStage};
-use self::infer::{ClassifyBeat, Inbox, RecoverableModel, Task};
+use self::infer::{ClassifyBeat, Inbox, Latency, RecoverableModel, Task};
 use self::live::{SerialSpec, SessionClock, VideoSpec};
 use self::log::{Level, RateLimited};
 use self::lookahead::Lookahead;
 use self::notify::{Notifier, NotifyState, Watchdog};
+use self::planswitch::PlanSwitch;
 use self::protocol::{EngineStatus, Hello, Message, ModelInfo, Probs, StabilityInfo, ViewMsg};
 use self::record::{RecordMsg, Recorder};
-use self::shared::{Pulse, RateMemo, Shared};
+use self::shared::{ENCODE_EVERY_FRAME, ENCODE_PHASES, Pulse, RateMemo, Shared};
 use self::socket::{ClientLimits, Hub, SocketError};
 use self::source::{OpenSource, PlaySpec, Pulled, SimSpec, SourceItem, Splicer};
 use self::stability::Stabilizer;
@@ -171,6 +177,8 @@ pub struct Daemon {
     identity: ModelIdentity,
     /// Why the engine is not the one asked for, if it is a fallback.
     engine_fallback: Option<FallbackReason>,
+    /// The background rebuild of a missing or stale plan, if one was started.
+    plan_switch: Option<PlanSwitch>,
     /// systemd notifications.
     notifier: Notifier,
 }
@@ -191,6 +199,7 @@ impl Daemon {
             model,
             identity,
             engine_fallback: None,
+            plan_switch: None,
             notifier,
         }
     }
@@ -226,9 +235,18 @@ impl Daemon {
                 ),
             );
         }
+        let plan_switch = match &selected.fallback {
+            Some(reason) if kind == EngineKind::Auto && config.model.plan_rebuild => {
+                PlanSwitch::start_logged(&bundle, &options, reason, &config.model.plan_builder)
+            }
+            _ => None,
+        };
         let identity = ModelIdentity::of(&bundle);
-        let model = Box::new(RecoverableModel::new(bundle, kind, selected.engine));
-        let daemon = Daemon::new(config, sources, model, identity, notifier);
+        let model = Box::new(
+            RecoverableModel::new(bundle, kind, selected.engine).with_trt_options(options),
+        );
+        let mut daemon = Daemon::new(config, sources, model, identity, notifier);
+        daemon.plan_switch = plan_switch;
         Ok(match selected.fallback {
             Some(reason) => daemon.with_engine_fallback(reason),
             None => daemon,
@@ -252,6 +270,7 @@ impl Daemon {
             model,
             identity,
             engine_fallback,
+            plan_switch,
             notifier,
         } = self;
         let listener = socket::bind(&config.socket)?;
@@ -261,13 +280,16 @@ impl Daemon {
             engine_status(engine_name, engine_fallback.as_ref()),
             sources.len(),
         ));
+        if let Some(switch) = &plan_switch {
+            shared.set_plan_rebuild(switch.status("running", None));
+        }
         let engine_status = shared.engine();
         let hello = hello_line(&identity, &engine_status, &config);
         let greeting = {
             let (identity, config) = (identity.clone(), config.clone());
             Box::new(move |engine: &EngineStatus| hello_line(&identity, engine, &config))
         };
-        let started = start_threads(&config, sources, model, &identity, &shared);
+        let started = start_threads(&config, sources, model, plan_switch, &identity, &shared);
         let Started {
             threads,
             published: published_rx,
@@ -392,6 +414,7 @@ fn engine_status(name: &str, fallback: Option<&FallbackReason>) -> EngineStatus 
         name: name.to_string(),
         fallback: fallback.map(ToString::to_string),
         fallback_reason: fallback.map(|r| r.code().to_string()),
+        ..EngineStatus::default()
     }
 }
 
@@ -469,6 +492,7 @@ fn start_threads(
     config: &Config,
     sources: Vec<Arc<dyn OpenSource>>,
     model: Box<dyn ClassifyBeat>,
+    plan_switch: Option<PlanSwitch>,
     identity: &ModelIdentity,
     shared: &Arc<Shared>,
 ) -> Result<Started, DaemonError> {
@@ -482,10 +506,10 @@ fn start_threads(
     };
     let (input_tx, input_rx) = std::sync::mpsc::sync_channel(config.pipeline.input_queue);
     let (published_tx, published_rx) = mpsc::channel(PUBLISH_QUEUE);
-    let ahead_capacity = if config.pipeline.lookahead {
-        identity.frames_per_beat
-    } else {
-        0
+    let ahead_capacity = match (config.pipeline.lookahead, config.pipeline.encode) {
+        (false, _) => 0,
+        (true, EncodeMode::Phases) => identity.frames_per_beat,
+        (true, _) => identity.frames_per_beat.max(encode::EVERY_FRAME_QUEUE),
     };
     let inbox = Arc::new(Inbox::new(ahead_capacity));
 
@@ -545,6 +569,10 @@ fn start_threads(
         .pipeline
         .lookahead
         .then(|| Lookahead::new(identity.frames_per_beat));
+    let ahead = Ahead {
+        lookahead,
+        encode: config.pipeline.encode,
+    };
     let (ib, rec, sh, pulse) = (
         inbox.clone(),
         record_tx.clone(),
@@ -553,9 +581,7 @@ fn start_threads(
     );
     spawn(
         "gating".into(),
-        Box::new(move || {
-            gating_thread(&input_rx, stage, lookahead, &ib, rec.as_ref(), &sh, &pulse)
-        }),
+        Box::new(move || gating_thread(&input_rx, stage, ahead, &ib, rec.as_ref(), &sh, &pulse)),
     )?;
 
     let stabilizer = Stabilizer::new(config.stability.clone());
@@ -566,7 +592,7 @@ fn start_threads(
         Box::new(move || {
             inference_thread(
                 &inbox,
-                model,
+                Model { model, plan_switch },
                 stabilizer,
                 &labels,
                 &published_tx,
@@ -803,17 +829,34 @@ impl DeliveryLog {
     }
 }
 
+/// What the gating thread posts ahead of the beats: the phase predictor (`None` without
+/// lookahead) and which frames to encode (`daemon::encode`).
+struct Ahead {
+    /// Predicts the open beat's phases.
+    lookahead: Option<Lookahead>,
+    /// `pipeline.encode`.
+    encode: EncodeMode,
+}
+
 /// The gating thread: every item through the [`GatingStage`], beats to the inbox (and, with
-/// a [`Lookahead`], the frames expected in the open beat), items to the recorder.
+/// a [`Lookahead`], the frames expected in the open beat, or every frame), items to the
+/// recorder.
 fn gating_thread(
     rx: &Receiver<Delivered>,
     mut stage: GatingStage,
-    mut lookahead: Option<Lookahead>,
+    ahead: Ahead,
     inbox: &Inbox<BeatJob, Frame>,
     record: Option<&SyncSender<RecordMsg>>,
     shared: &Shared,
     pulse: &Pulse,
 ) {
+    let Ahead {
+        mut lookahead,
+        encode,
+    } = ahead;
+    let mut rate = FrameRate::default();
+    // The newest frame posted while every frame is encoded; `None` while phases are.
+    let mut posted_ns: Option<u64> = None;
     let mut deliveries = DeliveryLog::default();
     let mut faults = RateLimited::new(Duration::from_secs(30));
     loop {
@@ -837,9 +880,11 @@ fn gating_thread(
             shared.error(message.clone());
             faults.log(Level::Warning, Instant::now(), message);
         }
+        let mut cut_at: Option<u64> = None;
         while let Some(event) = stage.next_event() {
             match event {
                 GatedEvent::Beat(gated) => {
+                    cut_at = Some(gated.beat.end_ns);
                     let delivered = deliveries.delivered(gated.gating, gated.beat.end_ns);
                     if let Some(lookahead) = lookahead.as_mut() {
                         lookahead.beat_cut(gated.beat.start_ns, gated.beat.end_ns);
@@ -857,39 +902,100 @@ fn gating_thread(
             }
         }
         if let (Some(lookahead), Some(latest)) = (lookahead.as_mut(), stage.latest_frame_ns()) {
+            rate.frame(latest);
+            let every = encode::every_frame(
+                encode,
+                shared.engine_on_gpu(),
+                shared.frame_ms(),
+                rate.per_second(),
+            );
+            shared.set_encode(if every {
+                ENCODE_EVERY_FRAME
+            } else {
+                ENCODE_PHASES
+            });
+            // The prediction is drained either way, so that it is current when phases are
+            // encoded again.
             while let Some(phase_ns) = lookahead.due(latest) {
-                if let Some(frame) = stage.frame_near(phase_ns) {
+                if !every && let Some(frame) = stage.frame_near(phase_ns) {
                     inbox.post_ahead(frame.clone());
                 }
+            }
+            if every {
+                // At a cut the open beat's frames so far go again: they were encoded under
+                // the previous beat's region (or, before the first beat, not at all), and
+                // the beat just cut is about to give them theirs. Frames already cached
+                // under the same region cost a cache look-up.
+                let from = match (cut_at, posted_ns) {
+                    // From the frame the gate takes for the open beat's first phase, which
+                    // may precede the R-peak by up to half a frame.
+                    (Some(end_ns), _) => stage
+                        .frame_near(end_ns)
+                        .map_or(end_ns, |f| f.t_ns.min(end_ns)),
+                    (None, Some(posted)) => posted.saturating_add(1),
+                    (None, None) => latest,
+                };
+                for frame in stage.frames_since(from) {
+                    inbox.post_ahead(frame.clone());
+                }
+                posted_ns = Some(latest);
+            } else {
+                posted_ns = None;
             }
         }
         shared.set_gating(stage.mode().name(), stage.quality().name());
     }
 }
 
+/// The inference thread's classifier, and the plan rebuild that may move it onto TensorRT.
+struct Model {
+    /// The classifier.
+    model: Box<dyn ClassifyBeat>,
+    /// The background plan rebuild, while one runs.
+    plan_switch: Option<PlanSwitch>,
+}
+
 /// The inference thread: the freshest beat through the model and the stabiliser, out to the
 /// server. An engine error or panic costs one beat, never the thread.
 fn inference_thread(
     inbox: &Inbox<BeatJob, Frame>,
-    mut model: Box<dyn ClassifyBeat>,
+    model: Model,
     mut stabilizer: Stabilizer,
     labels: &[View],
     out: &mpsc::Sender<Publication>,
     shared: &Shared,
     pulse: &Pulse,
 ) {
+    let Model {
+        mut model,
+        mut plan_switch,
+    } = model;
     let mut faults = RateLimited::new(Duration::from_secs(10));
     let mut recovery = Recovery::default();
+    let mut latency = Latency::default();
+    let mut cache_sized = false;
     loop {
         pulse.beat();
         if shared.stop.is_set() {
             break;
         }
+        if !cache_sized && shared.encode() == ENCODE_EVERY_FRAME {
+            model.set_cache_frames(encode::EVERY_FRAME_CACHE);
+            cache_sized = true;
+        }
+        // Between tasks, never within a beat: a beat runs on one engine throughout.
+        if let Some(switch) = plan_switch.as_mut()
+            && let Some(outcome) = switch.poll()
+        {
+            switch.apply(outcome, model.as_mut(), shared);
+            plan_switch = None;
+        }
+        latency.follow(model.engine_name(), shared);
         let job = match inbox.take(POLL) {
             None => continue,
             Some(Task::Beat(job)) => job,
             Some(Task::Ahead(frame)) => {
-                encode_ahead(model.as_mut(), &frame, shared, &mut faults);
+                encode_ahead(model.as_mut(), &frame, shared, &mut faults, &mut latency);
                 continue;
             }
         };
@@ -975,9 +1081,14 @@ fn encode_ahead(
     frame: &Frame,
     shared: &Shared,
     faults: &mut RateLimited,
+    latency: &mut Latency,
 ) {
+    let started = Instant::now();
     match std::panic::catch_unwind(AssertUnwindSafe(|| model.encode_ahead(frame))) {
-        Ok(Ok(true)) => Shared::count(&shared.counters.encoded_ahead),
+        Ok(Ok(true)) => {
+            Shared::count(&shared.counters.encoded_ahead);
+            latency.push(started.elapsed(), shared);
+        }
         Ok(Ok(false)) => {}
         Ok(Err(e)) => engine_fault(shared, faults, format!("engine (ahead of a beat): {e}")),
         Err(_) => engine_fault(shared, faults, "engine panicked ahead of a beat".into()),
@@ -1030,6 +1141,7 @@ impl Recovery {
                     name: recovered.engine.to_string(),
                     fallback_reason: recovered.fallback.as_ref().map(|_| "engine_failed".into()),
                     fallback: recovered.fallback,
+                    ..EngineStatus::default()
                 });
             }
             Err(reason) => {
@@ -1185,7 +1297,7 @@ impl Server {
                 _ = status_tick.tick() => {
                     let clients = self.hub.len() as u64;
                     let status = self.shared.status(&mut memo, clients, self.stall);
-                    if status.engine != self.greeted_engine {
+                    if !status.engine.same_engine(&self.greeted_engine) {
                         self.hub.set_hello((self.greeting)(&status.engine));
                         self.greeted_engine = status.engine.clone();
                     }

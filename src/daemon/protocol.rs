@@ -309,7 +309,7 @@ pub struct EcgStatus {
 }
 
 /// The engine and whether it is the one asked for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineStatus {
     /// The engine running the model.
     pub name: String,
@@ -318,6 +318,47 @@ pub struct EngineStatus {
     /// The same as a stable code (`plan_stale`, `library_missing`, ...) for programs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
+    /// Where the encoder runs, `gpu` (TensorRT) or `cpu` (tract), so a field engineer sees at
+    /// a glance whether the cart uses its GPU (status only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Per-frame encoder latency in milliseconds (preprocessing and one encoder pass,
+    /// averaged over recent frames encoded ahead): what decides whether every frame can be
+    /// encoded. Absent until a frame has been encoded ahead (status only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_ms: Option<f64>,
+    /// Which frames are encoded ahead now: `phases` or `every-frame`; absent without
+    /// lookahead (status only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encode: Option<String>,
+    /// The background rebuild of a missing or stale TensorRT plan, once one was started
+    /// (status only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_rebuild: Option<PlanRebuildStatus>,
+}
+
+impl EngineStatus {
+    /// Whether `other` names the same engine for the same reason: what `hello` carries, so
+    /// only a change of it (not of the latency or the rebuild) re-greets clients.
+    pub fn same_engine(&self, other: &EngineStatus) -> bool {
+        self.name == other.name
+            && self.fallback == other.fallback
+            && self.fallback_reason == other.fallback_reason
+    }
+}
+
+/// The state of a background plan rebuild (`daemon::planswitch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanRebuildStatus {
+    /// `running` (building and checking the plan), `switched` (TensorRT runs the encoder
+    /// now), `load_failed` (the new plan was built but TensorRT cannot run it: the engine's
+    /// fallback says why) or `build_failed` (the build command failed).
+    pub state: String,
+    /// The plan being built.
+    pub plan: String,
+    /// What went wrong, for the failed states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Heartbeat counters.
@@ -496,6 +537,7 @@ mod tests {
                 name: "tract".into(),
                 fallback: Some("the plan p is stale".into()),
                 fallback_reason: Some("plan_stale".into()),
+                ..EngineStatus::default()
             },
             beats: BeatCounts {
                 skipped: BTreeMap::from([("bad_ecg_quality".into(), 2)]),

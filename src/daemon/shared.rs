@@ -6,14 +6,30 @@
 //! short-held locks.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::protocol::{
-    BeatCounts, Drops, EcgStatus, EngineStatus, Errors, RecordingStatus, StatusMsg, StreamStatus,
+    BeatCounts, Drops, EcgStatus, EngineStatus, Errors, PlanRebuildStatus, RecordingStatus,
+    StatusMsg, StreamStatus,
 };
 use super::source::Stop;
+
+/// The engine name that runs on the GPU.
+const GPU_ENGINE: &str = "tensorrt";
+
+/// No frames are encoded ahead (lookahead off, or the gating thread has not started).
+pub const ENCODE_NONE: u8 = 0;
+/// The predicted phases are encoded ahead.
+pub const ENCODE_PHASES: u8 = 1;
+/// Every frame is encoded ahead.
+pub const ENCODE_EVERY_FRAME: u8 = 2;
+
+/// Where the engine `name` runs the encoder: `gpu` or `cpu`.
+pub fn device_of(name: &str) -> &'static str {
+    if name == GPU_ENGINE { "gpu" } else { "cpu" }
+}
 
 /// Locks `m`, recovering the data if a thread panicked while holding it: every value behind
 /// these locks is complete after each statement, so it is still meaningful.
@@ -161,6 +177,14 @@ pub struct Shared {
     recording: Mutex<RecordingStatus>,
     /// The engine's status; changes when a failing engine is restarted or replaced.
     engine: Mutex<EngineStatus>,
+    /// Per-frame encoder latency in nanoseconds, as the inference thread last averaged it;
+    /// 0 until measured. Read by the gating thread on every frame, hence an atomic.
+    frame_ns: AtomicU64,
+    /// Which frames the gating thread posts ahead: [`ENCODE_NONE`], [`ENCODE_PHASES`] or
+    /// [`ENCODE_EVERY_FRAME`]. Read by the inference thread to size its feature cache.
+    encode: AtomicU8,
+    /// The background plan rebuild, once one was started.
+    plan_rebuild: Mutex<Option<PlanRebuildStatus>>,
     /// Progress markers of the pipeline's threads, by name.
     pulses: Mutex<Vec<(String, Arc<AtomicU64>)>>,
 }
@@ -195,6 +219,9 @@ impl Shared {
                 ..RecordingStatus::default()
             }),
             engine: Mutex::new(engine),
+            frame_ns: AtomicU64::new(0),
+            encode: AtomicU8::new(ENCODE_NONE),
+            plan_rebuild: Mutex::new(None),
             pulses: Mutex::new(Vec::new()),
         }
     }
@@ -204,9 +231,47 @@ impl Shared {
         lock(&self.engine).clone()
     }
 
-    /// Records the engine a recovery left running.
+    /// Records the engine a recovery or a plan switch left running.
     pub fn set_engine(&self, engine: EngineStatus) {
         *lock(&self.engine) = engine;
+    }
+
+    /// Whether the engine running now is on the GPU (TensorRT).
+    pub fn engine_on_gpu(&self) -> bool {
+        lock(&self.engine).name == GPU_ENGINE
+    }
+
+    /// Records the averaged per-frame encoder latency; `None` when the engine changed and
+    /// the new one has not been measured yet.
+    pub fn set_frame_ms(&self, ms: Option<f64>) {
+        // At least 1 ns, so a measured latency is never read back as "not measured".
+        let ns = ms.map_or(0, |ms| {
+            (ms * 1e6).round().clamp(1.0, u64::MAX as f64) as u64
+        });
+        self.frame_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// The averaged per-frame encoder latency, once measured.
+    pub fn frame_ms(&self) -> Option<f64> {
+        match self.frame_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(ns as f64 / 1e6),
+        }
+    }
+
+    /// Records which frames the gating thread posts ahead (one of the `ENCODE_` values).
+    pub fn set_encode(&self, encode: u8) {
+        self.encode.store(encode, Ordering::Relaxed);
+    }
+
+    /// Which frames the gating thread posts ahead (one of the `ENCODE_` values).
+    pub fn encode(&self) -> u8 {
+        self.encode.load(Ordering::Relaxed)
+    }
+
+    /// Records the state of the background plan rebuild.
+    pub fn set_plan_rebuild(&self, status: PlanRebuildStatus) {
+        *lock(&self.plan_rebuild) = Some(status);
     }
 
     /// Milliseconds since start.
@@ -287,6 +352,7 @@ impl Shared {
         let ecg_info = lock(&self.ecg.info).clone();
         let (mode, quality) = *lock(&self.gating);
         let video_up = self.video.up(self);
+        let engine = self.engine();
         let state = if self.sources_pending.load(Ordering::Relaxed) > 0 {
             "starting"
         } else if !self.stalled(stall).is_empty() {
@@ -317,7 +383,17 @@ impl Shared {
                 error: ecg_info.error,
             },
             gating: mode.into(),
-            engine: self.engine(),
+            engine: EngineStatus {
+                device: Some(device_of(&engine.name).into()),
+                frame_ms: self.frame_ms().map(|ms| (ms * 1000.0).round() / 1000.0),
+                encode: match self.encode() {
+                    ENCODE_PHASES => Some("phases".into()),
+                    ENCODE_EVERY_FRAME => Some("every-frame".into()),
+                    _ => None,
+                },
+                plan_rebuild: lock(&self.plan_rebuild).clone(),
+                ..engine
+            },
             beats: BeatCounts {
                 classified: get(&c.classified),
                 unknown: get(&c.unknown),
@@ -357,8 +433,7 @@ mod tests {
         let shared = Shared::new(
             EngineStatus {
                 name: "test".into(),
-                fallback: None,
-                fallback_reason: None,
+                ..EngineStatus::default()
             },
             0,
         );
@@ -380,6 +455,7 @@ mod tests {
                 name: "test".into(),
                 fallback: Some("asked for x".into()),
                 fallback_reason: Some("plan_missing".into()),
+                ..EngineStatus::default()
             },
             1,
         );
@@ -397,6 +473,16 @@ mod tests {
         assert!(s.video.up && s.video.fps > 0.0 && s.video.frames == 30);
         assert_eq!(s.video.source.as_deref(), Some("sim"));
         assert_eq!(s.engine.fallback.as_deref(), Some("asked for x"));
+        assert_eq!(s.engine.device.as_deref(), Some("cpu"));
+        assert_eq!(
+            (s.engine.frame_ms, s.engine.encode.as_deref()),
+            (None, None)
+        );
+        shared.set_frame_ms(Some(12.3456));
+        shared.set_encode(ENCODE_EVERY_FRAME);
+        let s = shared.status(&mut memo, 2, Duration::from_secs(5));
+        assert_eq!(s.engine.frame_ms, Some(12.346));
+        assert_eq!(s.engine.encode.as_deref(), Some("every-frame"));
         assert_eq!(s.clients, 2);
     }
 }

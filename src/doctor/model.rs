@@ -95,8 +95,10 @@ pub(super) fn tensorrt(bundle: Option<&Bundle>) -> Check {
             reason.code(),
             text,
             if reason.plan_rebuild_helps() {
-                "build the plan for this model, TensorRT and GPU: board/build-engine.sh MODEL_DIR \
-                 (the daemon runs on tract meanwhile)"
+                "with libnvinfer and the GPU present, the daemon rebuilds the plan in the background \
+                 (model.plan_rebuild) and serves \
+                 on tract meanwhile; by hand: board/build-engine.sh --onnx ... (README: TensorRT \
+                 on the Jetson)"
             } else {
                 "install the TensorRT of the JetPack this package was built for (README: \
                  TensorRT on the Jetson); the daemon runs on tract meanwhile"

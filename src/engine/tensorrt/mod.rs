@@ -278,6 +278,26 @@ pub fn load_nvinfer(options: &TrtOptions) -> Result<NvInfer, FallbackReason> {
     Ok(nvinfer)
 }
 
+/// What a rebuild of `bundle`'s plan at `options.plan` needs to know: the encoder, its
+/// hash and input shapes, and the TensorRT version and GPU present, which the sidecar
+/// records. `Err` when libnvinfer or the GPU is missing (a plan cannot be built for them).
+pub fn rebuild_request(
+    bundle: &Bundle,
+    options: &TrtOptions,
+) -> Result<rebuild::RebuildRequest, FallbackReason> {
+    let nvinfer = load_nvinfer(options)?;
+    let gpu = Cuda::load(options.libcudart.as_deref())?.gpu()?;
+    let needs = ModelNeeds::of(bundle);
+    Ok(rebuild::RebuildRequest {
+        onnx: bundle.encoder_path(),
+        plan: options.plan.clone(),
+        onnx_sha256: needs.onnx_sha256,
+        tensorrt: nvinfer.version,
+        gpu,
+        input_shapes: needs.input_shapes,
+    })
+}
+
 /// What `echoview doctor` shows about TensorRT: each layer's state, each a value or the
 /// reason it is unusable. Nothing is deserialised or run.
 #[derive(Debug, Clone, PartialEq)]

@@ -99,13 +99,32 @@ pub struct Rebuild {
 /// How much of the build's standard error to keep for the report.
 const STDERR_TAIL: usize = 2000;
 
+/// The niceness the daemon's rebuilds run at: the lowest priority, so that trtexec's minutes
+/// of tactic timing never take the CPU from the pipeline still serving on tract.
+pub const LOW_PRIORITY: u8 = 19;
+
 impl Rebuild {
     /// Starts `program` with the request's arguments on a thread of its own.
     pub fn start(program: &Path, request: &RebuildRequest) -> Rebuild {
-        let (tx, rx) = mpsc::channel();
         let mut command = Command::new(program);
         command.args(request.args());
-        let shown = program.display().to_string();
+        Rebuild::spawn(command, program.display().to_string())
+    }
+
+    /// Starts `program` like [`Rebuild::start`], under `nice -n` [`LOW_PRIORITY`].
+    pub fn start_low_priority(program: &Path, request: &RebuildRequest) -> Rebuild {
+        let mut command = Command::new("nice");
+        command
+            .arg("-n")
+            .arg(LOW_PRIORITY.to_string())
+            .arg(program)
+            .args(request.args());
+        Rebuild::spawn(command, program.display().to_string())
+    }
+
+    /// Runs `command` (shown in messages as `shown`) on a thread of its own.
+    fn spawn(command: Command, shown: String) -> Rebuild {
+        let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             // A send fails only when nobody waits for the result any more.
             let _ = tx.send(run(command, shown));

@@ -128,8 +128,9 @@ extern "C" int ev_trt_runtime_create(ev_create_runtime_fn create_runtime, ev_trt
         set_message(message, message_len, "out of memory");
         return EV_RUNTIME_NULL;
     }
-    r->runtime =
-        static_cast<nvinfer1::IRuntime *>(create_runtime(&r->logger, NV_TENSORRT_VERSION));
+    // libnvinfer casts the void* back to ILogger*, so hand it exactly that pointer.
+    nvinfer1::ILogger *logger = &r->logger;
+    r->runtime = static_cast<nvinfer1::IRuntime *>(create_runtime(logger, NV_TENSORRT_VERSION));
     if (r->runtime == nullptr) {
         set_message(message, message_len, r->logger.last_error[0] != 0
                                               ? r->logger.last_error
