@@ -65,6 +65,7 @@ fn serve(dir: &Path, session: &Path, encode: EncodeMode) -> (Vec<ViewMsg>, Statu
             path: session.to_path_buf(),
             looped: false,
             video_only: None,
+            speed: 1.0,
         })],
         Box::new(model),
         ModelIdentity::of(&bundle),
