@@ -502,9 +502,9 @@ const META_GROUP: u16 = 0x0002;
 /// dicom-object's meta header parser allocates each value at its declared length too, and
 /// dicom-parser's token reader gives up on a damaged VR before the length, so the group is
 /// walked here by hand (found by fuzzing: a 1.5 KB file whose header element, its VR bytes
-/// damaged, declared 3.9 GB took 3.8 GB and 15 s). The group is always explicit VR little
-/// endian; a VR that is not one of the 2-byte-length VRs is read as the parser reads it, with
-/// a 4-byte length. The walk stops at the first element of another group or at a short read;
+/// damaged, declared 3.9 GB took 3.8 GB and 15 s; another, whose group length (0002,0000)
+/// said 4 GB, 2.2 GB). The group is always explicit VR little endian; a VR that is not one of
+/// the 2-byte-length VRs is read as the parser reads it, with a 4-byte length. The walk stops at the first element of another group or at a short read;
 /// anything else wrong is left to the real parse.
 fn meta_lengths_fit(header: &[u8], file_len: u64) -> Result<(), String> {
     /// The VRs whose length is 2 bytes, straight after the VR, in explicit VR encoding.
@@ -544,6 +544,18 @@ fn meta_lengths_fit(header: &[u8], file_len: u64) -> Result<(), String> {
                 "element ({group:04X},{element:04X}) declares {len} bytes, more than the whole \
                  file ({file_len} bytes)"
             ));
+        }
+        // The group length's value is a length too: the meta parser reads that many bytes.
+        if element == 0
+            && let Some(b) = header.get(value_at..value_at + 4)
+        {
+            let group_len = u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            if group_len > file_len {
+                return Err(format!(
+                    "the meta group length (0002,0000) is {group_len} bytes, more than the \
+                     whole file ({file_len} bytes)"
+                ));
+            }
         }
         // `len` is at most the file's length here, so it fits in usize.
         pos = value_at + len as usize;
