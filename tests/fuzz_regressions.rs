@@ -352,7 +352,13 @@ fn dicom_lengths_are_checked_before_allocation() {
 #[test]
 fn dicom_meta_header_lengths_are_checked_before_allocation() {
     // The third, from the run after that fix: a group length (0002,0000) of 4 GB (2.2 GB).
-    for name in ["oom-dicom-meta-3g8", "oom-dicom-meta-grouplen"] {
+    // The fourth: an element with a damaged tag, (0001,0000), inside the group length, before
+    // the damaged one (3.2 GB).
+    for name in [
+        "oom-dicom-meta-3g8",
+        "oom-dicom-meta-grouplen",
+        "oom-dicom-meta-othergroup",
+    ] {
         let path = corpus_dir("dicom_reader").join(name);
         let err = echoview::dicom::DicomCine::open(&path)
             .expect_err("a damaged header is refused")

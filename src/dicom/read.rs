@@ -504,8 +504,10 @@ const META_GROUP: u16 = 0x0002;
 /// walked here by hand (found by fuzzing: a 1.5 KB file whose header element, its VR bytes
 /// damaged, declared 3.9 GB took 3.8 GB and 15 s; another, whose group length (0002,0000)
 /// said 4 GB, 2.2 GB). The group is always explicit VR little endian; a VR that is not one of
-/// the 2-byte-length VRs is read as the parser reads it, with a 4-byte length. The walk stops at the first element of another group or at a short read;
-/// anything else wrong is left to the real parse.
+/// the 2-byte-length VRs is read as the parser reads it, with a 4-byte length. The walk stops
+/// where the group length says the group ends (or, without one, at the first element of
+/// another group: a damaged tag inside the group is read on, as the parser reads it, found by
+/// fuzzing too) or at a short read; anything else wrong is left to the real parse.
 fn meta_lengths_fit(header: &[u8], file_len: u64) -> Result<(), String> {
     /// The VRs whose length is 2 bytes, straight after the VR, in explicit VR encoding.
     const SHORT_LENGTH_VRS: [&[u8; 2]; 21] = [
@@ -518,8 +520,12 @@ fn meta_lengths_fit(header: &[u8], file_len: u64) -> Result<(), String> {
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
     };
     let mut pos = 0usize;
+    // Where the group length says the group ends: dicom-object reads every element up to
+    // there, whatever its tag says, so the walk does too.
+    let mut group_end: Option<usize> = None;
     while let (Some(group), Some(element)) = (u16_at(pos), u16_at(pos + 2)) {
-        if group != META_GROUP {
+        let inside_group_length = group_end.is_some_and(|end| pos < end);
+        if group != META_GROUP && !inside_group_length {
             break;
         }
         let Some(vr) = header.get(pos + 4..pos + 6) else {
@@ -546,7 +552,8 @@ fn meta_lengths_fit(header: &[u8], file_len: u64) -> Result<(), String> {
             ));
         }
         // The group length's value is a length too: the meta parser reads that many bytes.
-        if element == 0
+        if group == META_GROUP
+            && element == 0
             && let Some(b) = header.get(value_at..value_at + 4)
         {
             let group_len = u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
@@ -556,6 +563,8 @@ fn meta_lengths_fit(header: &[u8], file_len: u64) -> Result<(), String> {
                      whole file ({file_len} bytes)"
                 ));
             }
+            // Both are at most the file's length here, so they fit in usize.
+            group_end = Some(value_at + 4 + group_len as usize);
         }
         // `len` is at most the file's length here, so it fits in usize.
         pos = value_at + len as usize;
