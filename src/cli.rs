@@ -227,7 +227,8 @@ pub struct SimArgs {
     /// Scale all ECG noise (baseline wander, mains hum, muscle noise) by this factor.
     #[arg(long, default_value_t = 1.0, value_name = "X")]
     pub noise: f64,
-    /// A stretch of lead-off ECG, `START_S:DURATION_S[:flat|railed]`; repeatable.
+    /// A stretch of bad ECG, `START_S:DURATION_S[:flat|railed|noise]`: leads off reading
+    /// 0 mV or the rail, or leads on under a motion-artefact burst; repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_lead_off)]
     pub lead_off: Vec<LeadOffStretch>,
 }
@@ -236,18 +237,25 @@ fn parse_lead_off(spec: &str) -> Result<LeadOffStretch, String> {
     let parts: Vec<&str> = spec.split(':').collect();
     let number = |s: &str, what: &str| {
         s.trim().parse::<f64>().map_err(|_| {
-            format!("{what} {s:?} is not a number in {spec:?} (START_S:DURATION_S[:flat|railed])")
+            format!(
+                "{what} {s:?} is not a number in {spec:?} (START_S:DURATION_S[:flat|railed|noise])"
+            )
         })
     };
     let (start_s, duration_s) = match parts.as_slice() {
         [s, d] | [s, d, _] => (number(s, "start")?, number(d, "duration")?),
-        _ => return Err(format!("{spec:?} is not START_S:DURATION_S[:flat|railed]")),
+        _ => {
+            return Err(format!(
+                "{spec:?} is not START_S:DURATION_S[:flat|railed|noise]"
+            ));
+        }
     };
     let mode = match parts.get(2).map(|m| m.trim().to_ascii_lowercase()) {
         None => LeadOffMode::Flat,
         Some(m) if m == "flat" => LeadOffMode::Flat,
         Some(m) if m == "railed" => LeadOffMode::Railed,
-        Some(m) => return Err(format!("lead-off mode {m:?} must be flat or railed")),
+        Some(m) if m == "noise" => LeadOffMode::Noise,
+        Some(m) => return Err(format!("lead-off mode {m:?} must be flat, railed or noise")),
     };
     Ok(LeadOffStretch {
         start_s,

@@ -510,8 +510,14 @@ fn ecg_lead_off_saturation_and_a_full_disk_are_reported_and_classifying_goes_on(
             duration_s: 3.0,
             mode: LeadOffMode::Railed,
         },
+        // Leads on, the signal swamped by a motion-artefact burst.
+        LeadOffStretch {
+            start_s: 15.0,
+            duration_s: 3.0,
+            mode: LeadOffMode::Noise,
+        },
     ];
-    let session = session(dir, 8, faults);
+    let session = session(dir, 13, faults);
     // A disk "full" from the start: the free-space floor is above any real disk's free space.
     let mut daemon = Daemon::start(dir, &session, "[record]\nmin_free_mb = 1000000000\n", &[]);
     let mut c = Client::connect(&daemon.socket);
@@ -537,7 +543,8 @@ fn ecg_lead_off_saturation_and_a_full_disk_are_reported_and_classifying_goes_on(
          {recovered:?} after the first bad status",
         bad.ecg.quality, bad.gating, bad.beats.time_gated
     );
-    // Saturation (railed), to the end of the file: what the status says over time.
+    // Saturation (railed), then the noise burst, to the end of the file: what the status
+    // says over time.
     c.read_until(Duration::from_secs(40), |c| {
         c.statuses.last().is_some_and(|s| s.video.state != "open")
     });
@@ -549,6 +556,20 @@ fn ecg_lead_off_saturation_and_a_full_disk_are_reported_and_classifying_goes_on(
         }
     }
     eprintln!("ecg quality / gating over the file: {timeline:?}");
+    // Each of the three faults is its own bad stretch; the burst, with the leads on, is
+    // judged by the signal alone: "poor", and its beats are cut by time, not by its "R-peaks".
+    let episodes = timeline
+        .windows(2)
+        .filter(|w| w[0].0 == "good" && w[1].0 != "good")
+        .count();
+    assert!(
+        episodes >= 3,
+        "flat, railed and noise each reported: {timeline:?}"
+    );
+    assert!(
+        timeline.contains(&("poor".to_string(), "time".to_string())),
+        "the noise burst is poor ECG, time-gated: {timeline:?}"
+    );
     assert!(!c.views.is_empty(), "labels kept coming");
     let status = c.status().clone();
     assert_eq!(status.recording.state, "stopped", "{:?}", status.recording);

@@ -16,7 +16,15 @@ pub enum LeadOffMode {
     Flat,
     /// The amplifier saturates at its positive rail ([`RAIL_MV`]).
     Railed,
+    /// The electrodes stay on but the signal drowns in a burst of motion artefact
+    /// ([`NOISE_BURST_MV`] peak, broadband): the board reports the leads on, so only the
+    /// signal itself can tell the detector that nothing in it is a heartbeat.
+    Noise,
 }
+
+/// Peak amplitude of a [`LeadOffMode::Noise`] burst in millivolts: well above an R wave, as a
+/// patient moving or a cable being handled gives.
+pub const NOISE_BURST_MV: f32 = 3.0;
 
 /// The value a railed front end reads, in millivolts: far above any real ECG, as a saturated
 /// amplifier reports.

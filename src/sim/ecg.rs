@@ -17,7 +17,7 @@
 
 use std::f64::consts::TAU;
 
-use super::config::{LeadOffMode, LeadOffStretch, RAIL_MV, SimConfig};
+use super::config::{LeadOffMode, LeadOffStretch, NOISE_BURST_MV, RAIL_MV, SimConfig};
 use super::rng::{Rng, Stream};
 
 /// Extra time after the last R-peak, as a fraction of the following RR, so a QRS detector has
@@ -359,8 +359,17 @@ impl EcgSynth {
             None => (v as f32, false),
             Some(LeadOffMode::Flat) => (0.0, true),
             Some(LeadOffMode::Railed) => (RAIL_MV, true),
+            Some(LeadOffMode::Noise) => (v as f32 + NOISE_BURST_MV * burst(n), false),
         }
     }
+}
+
+/// Uniform noise in [-1, 1) for sample `n`, from a hash of its index rather than the
+/// generator, so a burst changes only its own samples (as a lead-off stretch does).
+fn burst(n: u64) -> f32 {
+    let h = n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let unit = (h >> 40) as f32 / (1u64 << 24) as f32;
+    2.0 * unit - 1.0
 }
 
 #[cfg(test)]
