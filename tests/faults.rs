@@ -143,6 +143,22 @@ impl Daemon {
         }
         (beats, frames)
     }
+
+    /// Checks that every label in `sent` (what a client received) is in the recording, since
+    /// a label sent but not recorded is data lost, and returns how many frames were recorded.
+    fn assert_every_label_recorded(&self, sent: &[ViewMsg]) -> u64 {
+        let (recorded, frames) = self.recorded_beats();
+        let missing: Vec<u64> = sent
+            .iter()
+            .map(|v| v.beat)
+            .filter(|b| !recorded.contains(b))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "labels sent but not recorded: {missing:?}"
+        );
+        frames
+    }
 }
 
 impl Drop for Daemon {
@@ -394,17 +410,7 @@ fn crowds_garbage_stalled_clients_and_signals_lose_no_recorded_label() {
     let (exit, took) = daemon.terminate();
     assert!(exit.success(), "{exit}: {}", daemon.log());
     eprintln!("SIGTERM to exit: {took:?}");
-    let (recorded, frames) = daemon.recorded_beats();
-    let missing: Vec<u64> = a
-        .views
-        .iter()
-        .map(|v| v.beat)
-        .filter(|b| !recorded.contains(b))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "labels sent but not recorded: {missing:?}"
-    );
+    let frames = daemon.assert_every_label_recorded(&a.views);
     assert!(frames > 0);
 }
 
@@ -446,8 +452,7 @@ fn damaged_session_files_play_what_is_intact_and_the_daemon_stays_up() {
         c.read_until(Duration::from_secs(5), |c| c.statuses.len() >= 2);
         let (exit, _) = daemon.terminate();
         assert!(exit.success());
-        let (recorded, _) = daemon.recorded_beats();
-        assert!(c.views.iter().all(|v| recorded.contains(&v.beat)));
+        daemon.assert_every_label_recorded(&c.views);
     }
 }
 
@@ -677,11 +682,7 @@ fn soak_looping_playback_with_clients_churning_does_not_grow() {
     assert_eq!(status.errors.record, 0, "{status:?}");
     let (exit, _) = daemon.terminate();
     assert!(exit.success());
-    let (recorded, _) = daemon.recorded_beats();
-    assert!(
-        reader.views.iter().all(|v| recorded.contains(&v.beat)),
-        "a label was not recorded"
-    );
+    daemon.assert_every_label_recorded(&reader.views);
 }
 
 /// A tmpfs of `size` mounted on `dir` for the test's life, if this process may mount.
@@ -946,17 +947,7 @@ fn serial_ecg_unplugged_and_replugged_mid_beat_recovers_and_records_every_label(
     drop(board);
     let (exit, _) = daemon.terminate();
     assert!(exit.success(), "{}", daemon.log());
-    let (recorded, _) = daemon.recorded_beats();
-    let missing: Vec<u64> = c
-        .views
-        .iter()
-        .map(|v| v.beat)
-        .filter(|b| !recorded.contains(b))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "labels sent but not recorded: {missing:?}"
-    );
+    daemon.assert_every_label_recorded(&c.views);
 }
 
 /// Rewrites the session `from` into `to` through the session writer, with `frame` deciding
@@ -1113,17 +1104,7 @@ fn a_video_stall_mid_session_is_reported_and_labels_resume_then_the_end_is_repor
     assert!(daemon.alive(), "{}", daemon.log());
     let (exit, _) = daemon.terminate();
     assert!(exit.success());
-    let (recorded, _) = daemon.recorded_beats();
-    let missing: Vec<u64> = c
-        .views
-        .iter()
-        .map(|v| v.beat)
-        .filter(|b| !recorded.contains(b))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "labels sent but not recorded: {missing:?}"
-    );
+    daemon.assert_every_label_recorded(&c.views);
 }
 
 #[test]
@@ -1207,7 +1188,6 @@ fn truncated_and_wrongly_sized_frames_inside_a_valid_file_cost_one_frame_each() 
     assert!(daemon.alive());
     let (exit, _) = daemon.terminate();
     assert!(exit.success());
-    let (recorded, frames) = daemon.recorded_beats();
+    let frames = daemon.assert_every_label_recorded(&c.views);
     assert_eq!(frames, good, "every good frame recorded");
-    assert!(c.views.iter().all(|v| recorded.contains(&v.beat)));
 }
