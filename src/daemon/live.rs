@@ -259,22 +259,27 @@ mod tests {
         blocks
     }
 
-    #[test]
-    fn a_serial_board_on_a_pty_delivers_ecg_on_the_session_clock() {
+    /// A board emulator sending 16-bit binary samples at its own pace on a pty, and a reader
+    /// configured for it (lead 0, 500 Hz).
+    fn binary_board() -> (Emulator, ReaderConfig) {
         let format = WireFormat::Binary {
             width: SampleWidth::I16,
         };
-        let mut emulator = Emulator::open_pty(EmulatorConfig {
+        let emulator = Emulator::open_pty(EmulatorConfig {
             speed: None,
             ..EmulatorConfig::new(format)
         })
         .unwrap();
-        let clock = SessionClock::start();
         let stream = StreamConfig::new(Protocol::Binary(BinaryConfig { lead: 0 }), 500.0);
-        let spec = SerialSpec {
-            reader: ReaderConfig::new(emulator.device(), stream),
-            clock,
-        };
+        let reader = ReaderConfig::new(emulator.device(), stream);
+        (emulator, reader)
+    }
+
+    #[test]
+    fn a_serial_board_on_a_pty_delivers_ecg_on_the_session_clock() {
+        let (mut emulator, reader) = binary_board();
+        let clock = SessionClock::start();
+        let spec = SerialSpec { reader, clock };
         assert!(spec.streams().ecg && !spec.streams().video);
         let mut source = spec.open().unwrap();
         std::thread::sleep(Duration::from_millis(100));
@@ -303,16 +308,7 @@ mod tests {
 
     #[test]
     fn a_board_that_goes_silent_on_an_open_port_ends_the_opening_and_reopens() {
-        let format = WireFormat::Binary {
-            width: SampleWidth::I16,
-        };
-        let mut emulator = Emulator::open_pty(EmulatorConfig {
-            speed: None,
-            ..EmulatorConfig::new(format)
-        })
-        .unwrap();
-        let stream = StreamConfig::new(Protocol::Binary(BinaryConfig { lead: 0 }), 500.0);
-        let mut reader = ReaderConfig::new(emulator.device(), stream);
+        let (mut emulator, mut reader) = binary_board();
         reader.silence_reopen = Duration::from_millis(400);
         let spec = SerialSpec {
             reader,
