@@ -9,6 +9,7 @@
 //! boundary small enough to test and to swap.
 
 pub mod depthwise;
+pub mod pointwise;
 pub mod tensorrt;
 mod tract;
 

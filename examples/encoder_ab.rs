@@ -1,22 +1,33 @@
-//! Encoder per frame with tract's depthwise convolutions and with echoview's
-//! (`engine::depthwise`), interleaved in one process, plus a per-op profile of each plan and
-//! the largest difference between their features.
+//! Encoder per frame with tract's own convolutions, with echoview's depthwise op
+//! (`engine::depthwise`), and with both of echoview's ops (`engine::pointwise` too),
+//! interleaved in one process, plus a per-op profile of each plan and the largest difference
+//! between their features and tract's.
 //!
-//! `cargo run --release --example depthwise_ab -- [BUNDLE_DIR] [--threads N] [--runs N]`
-//! (default `models/bench-b2-288`, 1 thread, 20 runs). Prints medians in ms per frame; the
-//! two plans alternate run by run, so a noisy machine slows both alike.
+//! `cargo run --release --example encoder_ab -- [BUNDLE_DIR] [--threads N] [--runs N]
+//! [--portable]` (default `models/bench-b2-288`, 1 thread, 20 runs; `--portable` makes the
+//! pointwise op use its portable kernel). Prints medians in ms per frame; the plans take
+//! turns run by run, so a noisy machine slows them alike.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::Context;
 use echoview::bundle::Bundle;
-use echoview::engine::{self, depthwise};
+use echoview::engine::{self, depthwise, pointwise};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core;
 
+/// Which of echoview's ops a plan uses.
+#[derive(Clone, Copy)]
+struct Ops {
+    /// `engine::depthwise`.
+    depthwise: bool,
+    /// `engine::pointwise`, with this kernel.
+    pointwise: Option<pointwise::Kernel>,
+}
+
 /// One encoder plan, as `TractEngine` builds it (fixed input shape, optimised).
-fn plan(bundle: &Bundle, own: bool) -> anyhow::Result<(TypedSimpleState, usize)> {
+fn plan(bundle: &Bundle, ops: Ops) -> anyhow::Result<TypedSimpleState> {
     let m = &bundle.manifest;
     let mut model = tract_onnx::onnx().model_for_path(bundle.encoder_path())?;
     let shape = [
@@ -27,17 +38,22 @@ fn plan(bundle: &Bundle, own: bool) -> anyhow::Result<(TypedSimpleState, usize)>
     ];
     model.set_input_fact(0, f32::fact(shape).into())?;
     let mut typed = model.into_typed()?;
-    let mut replaced = 0;
-    if own {
+    if ops.depthwise || ops.pointwise.is_some() {
         depthwise::declutter_keeping_layout(&mut typed)?;
+    }
+    if ops.depthwise {
         let s = depthwise::substitute(&mut typed)?;
         for (name, why) in &s.kept {
-            println!("kept by tract: {name}: {why}");
+            println!("depthwise kept by tract: {name}: {why}");
         }
-        replaced = s.replaced;
+        println!("{} depthwise convolutions replaced", s.replaced);
+    }
+    if let Some(kernel) = ops.pointwise {
+        let s = pointwise::substitute(&mut typed, kernel)?;
+        println!("pointwise ({kernel:?} kernel): {s:?}");
     }
     let plan = typed.into_optimized()?.into_runnable()?;
-    Ok((TypedSimpleState::new(&plan)?, replaced))
+    TypedSimpleState::new(&plan)
 }
 
 /// Median of `v` (sorted in place).
@@ -76,19 +92,46 @@ fn profiled(
 fn main() -> anyhow::Result<()> {
     let mut dir = "models/bench-b2-288".to_string();
     let (mut threads, mut runs) = (1usize, 20usize);
+    let mut kernel = pointwise::Kernel::best();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--threads" => threads = args.next().context("--threads N")?.parse()?,
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
+            "--portable" => kernel = pointwise::Kernel::Portable,
             _ => dir = a,
         }
     }
     engine::set_threads(threads);
     let bundle = Bundle::load(dir.as_ref())?;
-    let (mut stock, _) = plan(&bundle, false)?;
-    let (mut own, replaced) = plan(&bundle, true)?;
-    println!("{dir}: {replaced} depthwise convolutions replaced, {threads} thread(s)");
+    let configs = [
+        (
+            "tract",
+            Ops {
+                depthwise: false,
+                pointwise: None,
+            },
+        ),
+        (
+            "+depthwise",
+            Ops {
+                depthwise: true,
+                pointwise: None,
+            },
+        ),
+        (
+            "+depthwise+pointwise",
+            Ops {
+                depthwise: true,
+                pointwise: Some(kernel),
+            },
+        ),
+    ];
+    let mut plans = Vec::new();
+    for (label, ops) in configs {
+        plans.push((label, plan(&bundle, ops)?));
+    }
+    println!("{dir}: {threads} thread(s)");
     let m = &bundle.manifest;
     let shape = [
         1,
@@ -107,38 +150,47 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let input = Tensor::from_shape(&shape, &image)?;
-    let a = stock.run(tvec!(input.clone().into_tvalue()))?;
-    let b = own.run(tvec!(input.clone().into_tvalue()))?;
-    let (a, b) = (a[0].try_as_plain_ram()?, b[0].try_as_plain_ram()?);
-    let (a, b) = (a.as_slice::<f32>()?, b.as_slice::<f32>()?);
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    println!(
-        "features: max |diff| {diff:.3e}, relative to max |value| {:.3e}",
-        diff / scale
-    );
+    let features = |state: &mut TypedSimpleState| -> anyhow::Result<Vec<f32>> {
+        let out = state.run(tvec!(input.clone().into_tvalue()))?;
+        Ok(out[0].try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
+    };
+    let reference = features(&mut plans[0].1)?;
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (label, state) in plans.iter_mut().skip(1) {
+        let ours = features(state)?;
+        let diff = reference
+            .iter()
+            .zip(&ours)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        println!(
+            "features, {label}: max |diff| from tract {diff:.3e}, relative to max |value| {:.3e}",
+            diff / scale
+        );
+    }
 
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    let mut times = vec![Vec::new(); plans.len()];
     for _ in 0..2 {
-        stock.run(tvec!(input.clone().into_tvalue()))?;
-        own.run(tvec!(input.clone().into_tvalue()))?;
+        for (_, state) in plans.iter_mut() {
+            state.run(tvec!(input.clone().into_tvalue()))?;
+        }
     }
     for _ in 0..runs {
-        let t = Instant::now();
-        stock.run(tvec!(input.clone().into_tvalue()))?;
-        ta.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        own.run(tvec!(input.clone().into_tvalue()))?;
-        tb.push(t.elapsed().as_secs_f64() * 1e3);
+        for ((_, state), t) in plans.iter_mut().zip(times.iter_mut()) {
+            let start = Instant::now();
+            state.run(tvec!(input.clone().into_tvalue()))?;
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    let (ma, mb) = (median(&mut ta), median(&mut tb));
-    println!(
-        "encoder ms/frame, median of {runs}: tract {ma:.1}, with echoview depthwise {mb:.1} ({:.2}x faster)",
-        ma / mb
-    );
+    let medians: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+    for ((label, _), m) in plans.iter().zip(&medians) {
+        println!(
+            "encoder ms/frame, median of {runs}: {label:22} {m:6.1} ({:.2}x tract's speed)",
+            medians[0] / m
+        );
+    }
 
     let profile_runs = runs.clamp(1, 5);
-    for (label, state) in [("tract", &mut stock), ("echoview depthwise", &mut own)] {
+    for (label, state) in plans.iter_mut() {
         let (mut per, mut nodes) = (BTreeMap::new(), BTreeMap::new());
         for _ in 0..profile_runs {
             profiled(state, &input, &mut per, &mut nodes)?;
