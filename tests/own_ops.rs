@@ -99,6 +99,13 @@ fn check(dir: &str) {
         s.own_depthwise.kept
     );
     assert!(s.pointwise > 0, "{dir} has no 1x1 convolution to test");
+    // Every depthwise convolution of an EfficientNet is followed by a SiLU and read by a
+    // squeeze-excitation block.
+    let d = &s.own_depthwise;
+    assert!(
+        d.fused_silu == d.replaced && d.fused_sums == d.replaced,
+        "{dir}: {d:?}"
+    );
     let p = &s.own_pointwise;
     assert_eq!(p.replaced, s.pointwise, "{dir}: {p:?}");
     // Every EfficientNet block expands with a SiLU (but the first stage's, whose expansion

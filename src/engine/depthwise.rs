@@ -10,6 +10,11 @@
 //! Channel planes are independent, so they are split across tract's executor when it has
 //! threads (each output value is computed the same way on any thread count).
 //!
+//! In an EfficientNet every depthwise convolution is followed by a SiLU, whose output a
+//! squeeze-excitation block sums per channel. The op takes both in: each plane gets its SiLU
+//! and its sum as soon as it is computed, while it is still in cache, instead of in two more
+//! passes of tract's over the whole tensor; the sums are the op's second output.
+//!
 //! [`substitute`] swaps every convolution of a decluttered [`TypedModel`] that this op covers
 //! (see [`DepthwiseConv::from_conv`]) and leaves every other one to tract. Each output point sums
 //! its taps in a different order than tract does (float reassociation only); where the CPU
@@ -21,7 +26,9 @@ use std::sync::Arc;
 // tract's own ops import its internals wholesale; the macros below expect them in scope.
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
-use tract_onnx::tract_core::ops::nn::DataFormat;
+use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer};
+
+use super::fusion::{is_silu, sole_consumer};
 
 /// Why a convolution stays tract's: the cases this op does not cover.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -270,10 +277,7 @@ fn plane_k<M: MulAdd, const K: usize>(
         if g.stride == 1 {
             dst[g.pad_left..][..cols].copy_from_slice(src);
         } else {
-            for (ix, v) in src.iter().enumerate() {
-                let j = ix + g.pad_left;
-                dst[(j % 2) * even + j / 2] = *v;
-            }
+            deinterleave(src, g.pad_left, even, dst);
         }
     }
     let ow = g.out_w;
@@ -300,6 +304,36 @@ fn plane_k<M: MulAdd, const K: usize>(
                 row_pass::<M, K, false>(out, &taps, &w, bias);
             }
         }
+    }
+}
+
+/// Writes input row `src` into padded stride-2 row `dst` (even columns first, then odd ones):
+/// `src[ix]` is padded column `j = ix + pad_left`, which goes to `(j % 2) * even + j / 2`.
+/// Taken two input values at a time, one to each half, the loop is a vector deinterleave
+/// instead of a scattered store per value (it was most of the stride-2 layers' time).
+#[inline(always)]
+fn deinterleave(src: &[f32], pad_left: usize, even: usize, dst: &mut [f32]) {
+    let (evens, odds) = dst.split_at_mut(even);
+    let half = pad_left / 2;
+    // The first value lands in the even half when `pad_left` is even, else in the odd half,
+    // and the halves alternate from there.
+    let (first, first_at, second, second_at) = if pad_left.is_multiple_of(2) {
+        (evens, half, odds, half)
+    } else {
+        (odds, half, evens, half + 1)
+    };
+    let pairs = src.len() / 2;
+    let (a, b) = (&mut first[first_at..], &mut second[second_at..]);
+    for ((a, b), pair) in a[..pairs]
+        .iter_mut()
+        .zip(&mut b[..pairs])
+        .zip(src.chunks_exact(2))
+    {
+        *a = pair[0];
+        *b = pair[1];
+    }
+    if !src.len().is_multiple_of(2) {
+        a[pairs] = src[src.len() - 1];
     }
 }
 
@@ -371,6 +405,13 @@ pub struct DepthwiseConv {
     weights: Arc<[f32]>,
     /// One bias per channel.
     bias: Arc<[f32]>,
+    /// Whether a SiLU follows: applied to each plane as soon as it is computed, while it is
+    /// still in cache, instead of in a pass of its own over the whole tensor.
+    pub silu: bool,
+    /// Whether the op has a second output, each channel's sum (`[N, C, 1, 1]`): the
+    /// squeeze of the squeeze-excitation block that reads this convolution's output, taken
+    /// from each plane while it is in cache.
+    pub channel_sums: bool,
 }
 
 impl PartialEq for DepthwiseConv {
@@ -379,6 +420,8 @@ impl PartialEq for DepthwiseConv {
     fn eq(&self, other: &DepthwiseConv) -> bool {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         self.geometry == other.geometry
+            && self.silu == other.silu
+            && self.channel_sums == other.channel_sums
             && bits(&self.weights) == bits(&other.weights)
             && bits(&self.bias) == bits(&other.bias)
     }
@@ -412,6 +455,8 @@ impl DepthwiseConv {
             geometry,
             weights: weights.into(),
             bias,
+            silu: false,
+            channel_sums: false,
         })
     }
 
@@ -517,19 +562,31 @@ impl DepthwiseConv {
         DepthwiseConv::new(geometry, &kernel, &bias)
     }
 
-    /// Runs the convolution on an `[N, C, H, W]` input into `output` (`[N, C, OH, OW]`),
-    /// splitting channel planes across tract's executor.
-    pub fn run(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
+    /// Runs the convolution on an `[N, C, H, W]` input into `output` (`[N, C, OH, OW]`), and
+    /// each plane's sum into `sums` (`[N, C]`) when the op has that output, splitting channel
+    /// planes across tract's executor.
+    pub fn run(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        sums: Option<&mut [f32]>,
+    ) -> TractResult<()> {
         let g = self.geometry;
         let (ip, op) = (g.in_plane(), g.out_plane());
         let planes = input.len() / ip;
-        if !input.len().is_multiple_of(ip) || output.len() != planes * op {
+        if !input.len().is_multiple_of(ip)
+            || output.len() != planes * op
+            || sums.is_some() != self.channel_sums
+            || sums.as_ref().is_some_and(|s| s.len() != planes)
+        {
             bail!(
-                "depthwise convolution {g:?}: input of {} and output of {} values",
+                "depthwise convolution {g:?}: input of {} values, output of {}, sums of {:?}",
                 input.len(),
-                output.len()
+                output.len(),
+                sums.map(|s| s.len())
             );
         }
+        let sums = sums.map(|s| PlaneSums(s.as_mut_ptr()));
         let work = output.len() * g.taps();
         tract_linalg::multithread::par_chunks_mut(output, op, work, |first, chunk| {
             let mut scratch = Vec::new();
@@ -543,10 +600,90 @@ impl DepthwiseConv {
                     out,
                     &mut scratch,
                 );
+                let sum = finish_plane(out, self.silu, sums.is_some());
+                if let Some(sums) = &sums {
+                    // SAFETY: `sums` holds one value per plane (checked above), and each
+                    // plane is in exactly one chunk, so no two threads write the same value.
+                    unsafe { sums.0.add(plane).write(sum) };
+                }
             }
             Ok(())
         })
     }
+}
+
+/// Where [`DepthwiseConv::run`]'s threads write the plane sums: a raw pointer, because each
+/// thread writes only the sums of its own planes, which `par_chunks_mut` cannot split for
+/// a second buffer.
+struct PlaneSums(*mut f32);
+
+// SAFETY: every thread writes disjoint elements (one per plane it computes), and the buffer
+// outlives the parallel section, which returns before `run` does.
+unsafe impl Sync for PlaneSums {}
+unsafe impl Send for PlaneSums {}
+
+/// Applies the fused SiLU to a computed plane (if `silu`), and returns its sum (if `sum`;
+/// else 0), in one pass while the plane is in cache.
+fn finish_plane(plane: &mut [f32], silu: bool, sum: bool) -> f32 {
+    if !silu && !sum {
+        return 0.0;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the features the function is compiled for (checked above).
+        return unsafe { finish_avx512(plane, silu) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for (checked above).
+        return unsafe { finish_avx2_fma(plane, silu) };
+    }
+    finish_generic(plane, silu)
+}
+
+/// [`finish_generic`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn finish_avx2_fma(plane: &mut [f32], silu: bool) -> f32 {
+    finish_generic(plane, silu)
+}
+
+/// [`finish_generic`] compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn finish_avx512(plane: &mut [f32], silu: bool) -> f32 {
+    finish_generic(plane, silu)
+}
+
+/// The body of [`finish_plane`]: the sum runs in 16 interleaved partial sums so the compiler
+/// can vectorise it (a single running sum would have to add one value at a time).
+#[inline(always)]
+fn finish_generic(plane: &mut [f32], silu: bool) -> f32 {
+    const LANES: usize = 16;
+    let mut partial = [0.0f32; LANES];
+    let mut chunks = plane.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (p, v) in partial.iter_mut().zip(chunk.iter_mut()) {
+            if silu {
+                *v = super::silu::silu(*v);
+            }
+            *p += *v;
+        }
+    }
+    let mut rest = 0.0;
+    for v in chunks.into_remainder() {
+        if silu {
+            *v = super::silu::silu(*v);
+        }
+        rest += *v;
+    }
+    partial.iter().sum::<f32>() + rest
 }
 
 impl Op for DepthwiseConv {
@@ -579,11 +716,25 @@ impl EvalOp for DepthwiseConv {
         if (c, h, w) != (g.channels, g.in_h, g.in_w) {
             bail!("depthwise convolution {g:?} got input {shape:?}");
         }
-        let mut output = Tensor::zero::<f32>(&[n, c, g.out_h, g.out_w])?;
+        // SAFETY: f32 has no invalid bit patterns, and `run` writes every value of both.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, c, g.out_h, g.out_w])? };
+        let mut sums = unsafe { Tensor::uninitialized::<f32>(&[n, c, 1, 1])? };
         let input = x.try_as_plain_ram()?.as_slice::<f32>()?;
-        let mut view = output.try_as_plain_ram_mut()?;
-        self.run(input, view.as_slice_mut::<f32>()?)?;
-        Ok(tvec!(output.into_tvalue()))
+        {
+            let mut view = output.try_as_plain_ram_mut()?;
+            let mut sums_view = sums.try_as_plain_ram_mut()?;
+            let sums_slice = if self.channel_sums {
+                Some(sums_view.as_slice_mut::<f32>()?)
+            } else {
+                None
+            };
+            self.run(input, view.as_slice_mut::<f32>()?, sums_slice)?;
+        }
+        if self.channel_sums {
+            Ok(tvec!(output.into_tvalue(), sums.into_tvalue()))
+        } else {
+            Ok(tvec!(output.into_tvalue()))
+        }
     }
 }
 
@@ -597,12 +748,18 @@ impl TypedOp for DepthwiseConv {
         };
         let g = self.geometry;
         let n = x.shape[0].clone();
-        Ok(tvec!(f32::fact(&[
-            n,
+        let output = f32::fact(&[
+            n.clone(),
             g.channels.to_dim(),
             g.out_h.to_dim(),
-            g.out_w.to_dim()
-        ])))
+            g.out_w.to_dim(),
+        ]);
+        if self.channel_sums {
+            let sums = f32::fact(&[n, g.channels.to_dim(), 1.to_dim(), 1.to_dim()]);
+            Ok(tvec!(output, sums))
+        } else {
+            Ok(tvec!(output))
+        }
     }
 
     as_op!();
@@ -613,6 +770,10 @@ impl TypedOp for DepthwiseConv {
 pub struct Substitution {
     /// Convolutions now run by [`DepthwiseConv`].
     pub replaced: usize,
+    /// Of those, how many took in the SiLU after them.
+    pub fused_silu: usize,
+    /// Of those, how many also give the channel sums a squeeze-excitation block reads.
+    pub fused_sums: usize,
     /// Depthwise convolutions left to tract, by name, with the reason.
     pub kept: Vec<(String, Unsupported)>,
 }
@@ -634,26 +795,55 @@ pub fn declutter_keeping_layout(model: &mut TypedModel) -> TractResult<()> {
     optimizer.optimize(model)
 }
 
-/// Replaces every depthwise convolution of `model` that [`DepthwiseConv`] covers by it.
-/// Run it on a model decluttered by [`declutter_keeping_layout`], and optimise afterwards.
+/// Replaces every depthwise convolution of `model` that [`DepthwiseConv`] covers by it,
+/// taking in the SiLU that follows it and the channel sum that a squeeze-excitation block
+/// takes of that (tract's `Reduce<Sum>` over the plane) where nothing else reads the values
+/// in between. Run it on a model decluttered by [`declutter_keeping_layout`], and optimise
+/// afterwards.
 pub fn substitute(model: &mut TypedModel) -> TractResult<Substitution> {
     let mut done = Substitution::default();
-    for id in 0..model.nodes().len() {
+    for id in model.eval_order()? {
         let node = model.node(id);
         let Some(conv) = node.op_as::<Conv>() else {
             continue;
         };
-        match DepthwiseConv::from_conv(model, node) {
-            Ok(op) => {
-                let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], op)?;
-                patch.apply(model)?;
-                done.replaced += 1;
-            }
+        let mut op = match DepthwiseConv::from_conv(model, node) {
+            Ok(op) => op,
             // Ordinary convolutions are tract's business; only depthwise ones are reported.
-            Err(Unsupported::NotDepthwise { .. }) if conv.group < 2 => {}
-            Err(reason) => done.kept.push((node.name.clone(), reason)),
+            Err(Unsupported::NotDepthwise { .. }) if conv.group < 2 => continue,
+            Err(reason) => {
+                done.kept.push((node.name.clone(), reason));
+                continue;
+            }
+        };
+        let mut last = OutletId::new(id, 0);
+        if let Some(silu) = sole_consumer(model, node).filter(|n| is_silu(n)) {
+            op.silu = true;
+            last = OutletId::new(silu.id, 0);
         }
+        let squeeze = model
+            .outlet_successors(last)
+            .iter()
+            .map(|inlet| model.node(inlet.node))
+            .find(|n| {
+                n.op_as::<Reduce>()
+                    .is_some_and(|r| matches!(r.reducer, Reducer::Sum) && r.axes[..] == [2, 3])
+            });
+        op.channel_sums = squeeze.is_some();
+        done.replaced += 1;
+        done.fused_silu += op.silu as usize;
+        done.fused_sums += op.channel_sums as usize;
+        let mut patch = TypedModelPatch::default();
+        let x = patch.tap_model(model, node.inputs[0])?;
+        let out = patch.wire_node(&node.name, op, &[x])?;
+        patch.shunt_outside(model, last, out[0])?;
+        if let Some(squeeze) = squeeze {
+            patch.shunt_outside(model, OutletId::new(squeeze.id, 0), out[1])?;
+        }
+        patch.apply(model)?;
     }
+    // Drop the nodes the op bypasses, so that no later match counts them as readers.
+    model.compact()?;
     Ok(done)
 }
 
@@ -709,12 +899,36 @@ mod tests {
         let bias = values(g.channels, seed + 2);
         let op = DepthwiseConv::new(g, &weights, &bias).expect("valid op");
         let mut out = vec![f32::NAN; planes * g.out_plane()];
-        op.run(&input, &mut out).expect("runs");
+        op.run(&input, &mut out, None).expect("runs");
         let expected = reference(&g, &input, &weights, &bias);
         for (i, (a, b)) in out.iter().zip(&expected).enumerate() {
             assert!(
                 (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
                 "{g:?} point {i}: {a} vs reference {b}"
+            );
+        }
+
+        // With the SiLU and the channel sums fused in.
+        let mut fused = op.clone();
+        fused.silu = true;
+        fused.channel_sums = true;
+        let mut sums = vec![f32::NAN; planes];
+        fused.run(&input, &mut out, Some(&mut sums)).expect("runs");
+        for (p, plane) in expected.chunks_exact(g.out_plane()).enumerate() {
+            let mut sum = 0.0f64;
+            for (i, v) in plane.iter().enumerate() {
+                let want = *v as f64 / (1.0 + (-*v as f64).exp());
+                let got = out[p * g.out_plane() + i];
+                assert!(
+                    (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{g:?} plane {p} point {i}: SiLU {got} vs reference {want}"
+                );
+                sum += want;
+            }
+            assert!(
+                (sums[p] as f64 - sum).abs() <= 1e-5 * (1.0 + plane.len() as f64),
+                "{g:?} plane {p}: sum {} vs reference {sum}",
+                sums[p]
             );
         }
     }
@@ -766,15 +980,42 @@ mod tests {
         let input = values(2 * 24 * g.in_plane(), 7);
         let op = DepthwiseConv::new(g, &values(24 * 25, 8), &values(24, 9)).expect("valid op");
         let mut one = vec![0.0; 2 * 24 * g.out_plane()];
-        op.run(&input, &mut one).expect("runs");
+        op.run(&input, &mut one, None).expect("runs");
         let mut two = vec![0.0; one.len()];
-        multithread_tract_scope(Executor::multithread(2), || op.run(&input, &mut two))
+        multithread_tract_scope(Executor::multithread(2), || op.run(&input, &mut two, None))
             .expect("runs");
         assert_eq!(
             one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             two.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
         check(g, 2 * 24, 11);
+    }
+
+    /// With the SiLU and sums fused, two threads give the one-thread values and sums bit for
+    /// bit (each plane is finished by the thread that computed it).
+    #[test]
+    fn threads_compute_the_same_fused_values_and_sums() {
+        let g = Geometry::new(24, 3, 2, (40, 37), (1, 1), (20, 19)).expect("supported");
+        let input = values(24 * g.in_plane(), 17);
+        let mut op = DepthwiseConv::new(g, &values(24 * 9, 18), &values(24, 19)).expect("op");
+        op.silu = true;
+        op.channel_sums = true;
+        let run = |op: &DepthwiseConv| {
+            let mut out = vec![0.0; 24 * g.out_plane()];
+            let mut sums = vec![0.0; 24];
+            op.run(&input, &mut out, Some(&mut sums)).expect("runs");
+            out.iter()
+                .chain(&sums)
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let one = run(&op);
+        let two = multithread_tract_scope(Executor::multithread(2), || run(&op));
+        assert_eq!(one, two);
+        // Sums asked of an op without them, or missing from one with them, are refused.
+        let mut out = vec![0.0; 24 * g.out_plane()];
+        assert!(op.run(&input, &mut out, None).is_err());
+        assert!(op.run(&input, &mut out, Some(&mut [0.0; 23])).is_err());
     }
 
     /// What the op does not cover is refused, not computed wrongly.
@@ -788,6 +1029,6 @@ mod tests {
         assert!(DepthwiseConv::new(g, &[0.0; 35], &[0.0; 4]).is_err());
         assert!(DepthwiseConv::new(g, &[0.0; 36], &[0.0; 3]).is_err());
         let op = DepthwiseConv::new(g, &[0.0; 36], &[0.0; 4]).expect("valid op");
-        assert!(op.run(&[0.0; 80], &mut [0.0; 81]).is_err());
+        assert!(op.run(&[0.0; 80], &mut [0.0; 81], None).is_err());
     }
 }

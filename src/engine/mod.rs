@@ -9,7 +9,9 @@
 //! boundary small enough to test and to swap.
 
 pub mod depthwise;
+mod fusion;
 pub mod pointwise;
+pub mod silu;
 pub mod tensorrt;
 mod tract;
 
