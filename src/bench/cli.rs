@@ -128,8 +128,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     )?;
 
     let rss_before_model = measure::peak_rss_mb();
-    let mut eng = engine::open(&bundle, args.engine)
+    // `auto` may end on tract: the report names the engine that ran and why.
+    let selected = engine::select(&bundle, args.engine, &engine::TrtOptions::for_bundle(&bundle))
         .with_context(|| format!("opening {} on {}", args.engine.name(), dir.display()))?;
+    let engine_fallback = selected.fallback.as_ref().map(ToString::to_string);
+    let engine_ran = selected.engine.name();
+    let mut eng = selected.engine;
     let (encoder, head) = measure::engine(eng.as_mut(), &bundle, runs)?;
     let peak_rss_mb = measure::peak_rss_mb();
 
@@ -204,7 +208,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             "input": [bundle.manifest.input.height, bundle.manifest.input.width],
             "frames_per_beat": bundle.frames_per_beat(),
         },
-        "engine": args.engine.name(),
+        "engine": engine_ran,
+        "engine_requested": args.engine.name(),
+        "engine_fallback": engine_fallback,
         "threads": args.threads,
         "quick": args.quick,
         "runs": runs,
@@ -261,6 +267,12 @@ fn print_table(r: &serde_json::Value) {
         r["threads"],
         f(&r["load_average"]),
     );
+    if let Some(reason) = r["engine_fallback"].as_str() {
+        println!(
+            "asked for {}, running tract: {reason}",
+            r["engine_requested"].as_str().unwrap_or("?")
+        );
+    }
     println!("{:<34}{:>12}{:>12}", "figure", "median", "p90");
     for (name, key) in [
         ("encoder per frame (ms)", "encoder"),
