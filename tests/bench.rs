@@ -44,6 +44,10 @@ fn quick_bench_reports_every_figure_and_budget() {
             .as_f64()
             .is_some_and(|v| v > 0.0)
     );
+    // The default engine is tract, asked for by name: no fallback to explain.
+    assert_eq!(report["engine"], "tract");
+    assert_eq!(report["engine_requested"], "tract");
+    assert!(report["engine_fallback"].is_null());
     assert_eq!(report["bundle"]["name"], "echoview-demo");
     assert_eq!(report["bundle"]["hash"].as_str().unwrap().len(), 64);
     assert!(report["bundle"]["version"].is_string());

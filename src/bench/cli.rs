@@ -129,8 +129,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
 
     let rss_before_model = measure::peak_rss_mb();
     // `auto` may end on tract: the report names the engine that ran and why.
-    let selected = engine::select(&bundle, args.engine, &engine::TrtOptions::for_bundle(&bundle))
-        .with_context(|| format!("opening {} on {}", args.engine.name(), dir.display()))?;
+    let selected = engine::select(
+        &bundle,
+        args.engine,
+        &engine::TrtOptions::for_bundle(&bundle),
+    )
+    .with_context(|| format!("opening {} on {}", args.engine.name(), dir.display()))?;
     let engine_fallback = selected.fallback.as_ref().map(ToString::to_string);
     let engine_ran = selected.engine.name();
     let mut eng = selected.engine;
