@@ -16,8 +16,13 @@ use super::FallbackReason;
 pub const NVINFER_NAMES: &[&str] = &["libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"];
 
 /// CUDA runtime names tried in order when no path is configured (JetPack 5 ships CUDA 11.4,
-/// JetPack 6 CUDA 12).
-pub const CUDART_NAMES: &[&str] = &["libcudart.so.12", "libcudart.so.11.0", "libcudart.so"];
+/// JetPack 6 CUDA 12, JetPack 7 CUDA 13), newest first.
+pub const CUDART_NAMES: &[&str] = &[
+    "libcudart.so.13",
+    "libcudart.so.12",
+    "libcudart.so.11.0",
+    "libcudart.so",
+];
 
 /// A `dlopen`ed shared library, closed on drop.
 pub struct Library {
