@@ -4,8 +4,8 @@
 //! between their features and tract's.
 //!
 //! `cargo run --release --example encoder_ab -- [BUNDLE_DIR] [--threads N] [--runs N]
-//! [--portable]` (default `models/bench-b2-288`, 1 thread, 20 runs; `--portable` makes the
-//! pointwise op use its portable kernel). Prints medians in ms per frame; the plans take
+//! [--kernel portable|avx2|avx512]` (default `models/bench-b2-288`, 1 thread, 20 runs, the
+//! pointwise op's fastest kernel on this CPU). Prints medians in ms per frame; the plans take
 //! turns run by run, so a noisy machine slows them alike.
 
 use std::collections::BTreeMap;
@@ -98,7 +98,14 @@ fn main() -> anyhow::Result<()> {
         match a.as_str() {
             "--threads" => threads = args.next().context("--threads N")?.parse()?,
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
-            "--portable" => kernel = pointwise::Kernel::Portable,
+            "--kernel" => {
+                kernel = match args.next().as_deref() {
+                    Some("portable") => pointwise::Kernel::Portable,
+                    Some("avx2") => pointwise::Kernel::Avx2Fma,
+                    Some("avx512") => pointwise::Kernel::Avx512,
+                    other => anyhow::bail!("--kernel portable|avx2|avx512, not {other:?}"),
+                }
+            }
             _ => dir = a,
         }
     }

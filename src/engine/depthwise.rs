@@ -29,6 +29,11 @@ use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer};
 
 use super::fusion::{is_silu, sole_consumer};
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use super::mul_add::Fused;
+use super::mul_add::MulAdd;
+#[cfg(not(target_arch = "aarch64"))]
+use super::mul_add::Plain;
 
 /// Why a convolution stays tract's: the cases this op does not cover.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -183,37 +188,6 @@ impl Geometry {
         }
         #[cfg(not(target_arch = "aarch64"))]
         plane_generic::<Plain>(self, input, weights, bias, output, scratch);
-    }
-}
-
-/// One tap's multiply-add: fused where the CPU does it in one instruction, else separate
-/// (a software `mul_add` would be far slower than the rounding it saves).
-trait MulAdd {
-    /// `acc + w * x`.
-    fn mul_add(acc: f32, w: f32, x: f32) -> f32;
-}
-
-/// Separate multiply and add.
-#[cfg(not(target_arch = "aarch64"))]
-struct Plain;
-
-#[cfg(not(target_arch = "aarch64"))]
-impl MulAdd for Plain {
-    #[inline(always)]
-    fn mul_add(acc: f32, w: f32, x: f32) -> f32 {
-        acc + w * x
-    }
-}
-
-/// One fused multiply-add.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-struct Fused;
-
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-impl MulAdd for Fused {
-    #[inline(always)]
-    fn mul_add(acc: f32, w: f32, x: f32) -> f32 {
-        w.mul_add(x, acc)
     }
 }
 
@@ -638,7 +612,10 @@ fn finish_plane(plane: &mut [f32], silu: bool, sum: bool) -> f32 {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
         return unsafe { finish_avx2_fma(plane, silu) };
     }
-    finish_generic(plane, silu)
+    #[cfg(target_arch = "aarch64")]
+    return finish_generic::<Fused>(plane, silu);
+    #[cfg(not(target_arch = "aarch64"))]
+    finish_generic::<Plain>(plane, silu)
 }
 
 /// [`finish_generic`] compiled for AVX2 and FMA.
@@ -648,7 +625,7 @@ fn finish_plane(plane: &mut [f32], silu: bool, sum: bool) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn finish_avx2_fma(plane: &mut [f32], silu: bool) -> f32 {
-    finish_generic(plane, silu)
+    finish_generic::<Fused>(plane, silu)
 }
 
 /// [`finish_generic`] compiled for AVX-512F.
@@ -658,20 +635,20 @@ unsafe fn finish_avx2_fma(plane: &mut [f32], silu: bool) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn finish_avx512(plane: &mut [f32], silu: bool) -> f32 {
-    finish_generic(plane, silu)
+    finish_generic::<Fused>(plane, silu)
 }
 
 /// The body of [`finish_plane`]: the sum runs in 16 interleaved partial sums so the compiler
 /// can vectorise it (a single running sum would have to add one value at a time).
 #[inline(always)]
-fn finish_generic(plane: &mut [f32], silu: bool) -> f32 {
+fn finish_generic<M: MulAdd>(plane: &mut [f32], silu: bool) -> f32 {
     const LANES: usize = 16;
     let mut partial = [0.0f32; LANES];
     let mut chunks = plane.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
         for (p, v) in partial.iter_mut().zip(chunk.iter_mut()) {
             if silu {
-                *v = super::silu::silu(*v);
+                *v = super::silu::silu::<M>(*v);
             }
             *p += *v;
         }
@@ -679,7 +656,7 @@ fn finish_generic(plane: &mut [f32], silu: bool) -> f32 {
     let mut rest = 0.0;
     for v in chunks.into_remainder() {
         if silu {
-            *v = super::silu::silu(*v);
+            *v = super::silu::silu::<M>(*v);
         }
         rest += *v;
     }

@@ -10,6 +10,7 @@
 
 pub mod depthwise;
 mod fusion;
+pub mod mul_add;
 pub mod pointwise;
 pub mod silu;
 pub mod tensorrt;

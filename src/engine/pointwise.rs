@@ -20,14 +20,16 @@
 //! Output channel panels are split across tract's executor when it has threads; each output
 //! value is summed in the same order on any thread count.
 //!
-//! The tile is computed by one of two kernels, chosen when the op is built:
+//! The tile is computed by one of three kernels, chosen when the op is built:
 //! - AVX-512 (x86-64 with AVX-512F): 8 x 48, 24 accumulators of 16 lanes, written with
 //!   intrinsics, with [`super::silu`]'s steps in vector form for the SiLU.
-//! - Portable: the same loops in plain Rust for the compiler to vectorise, and
-//!   [`super::silu`]. It exists so the op is tested on every machine; [`fast_kernel`] says
-//!   whether this CPU has a kernel that beats tract's own (the engine leaves the 1x1
-//!   convolutions to tract otherwise, e.g. on the Jetson's ARM cores, where tract's
-//!   hand-written NEON kernels are the better choice).
+//! - AVX2+FMA and portable: the same tile in plain Rust for the compiler to vectorise, with
+//!   [`super::silu`], compiled once for AVX2 and FMA and once for the build's baseline.
+//!
+//! [`fast_kernel`] says whether this CPU has a kernel measured faster than tract's own; the
+//! engine leaves the 1x1 convolutions to tract otherwise. Only the AVX-512 one is: the
+//! others exist so the op runs and is tested on every machine, and tract's hand-written
+//! kernels are the better choice there (on the Jetson's ARM cores, NEON).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math::{Add, Mul};
 
 use super::fusion::{constant, is_bin, is_silu, shape, sole_consumer};
+use super::mul_add::MulAdd;
 use super::silu;
 
 /// Output channels per register tile.
@@ -84,8 +87,10 @@ impl Geometry {
 /// Which code computes the register tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// Plain Rust, vectorised by the compiler: every machine.
+    /// Plain Rust, vectorised by the compiler for the build's baseline: every machine.
     Portable,
+    /// The same Rust compiled for AVX2 and FMA: x86-64 CPUs that have both.
+    Avx2Fma,
     /// AVX-512F intrinsics: x86-64 CPUs that have it.
     Avx512,
 }
@@ -93,11 +98,26 @@ pub enum Kernel {
 impl Kernel {
     /// The fastest kernel this CPU runs.
     pub fn best() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Kernel::Avx512;
+        [Kernel::Avx512, Kernel::Avx2Fma]
+            .into_iter()
+            .find(|k| k.runs_here())
+            .unwrap_or(Kernel::Portable)
+    }
+
+    /// Whether this CPU has the instructions the kernel is compiled for.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2Fma | Kernel::Avx512 => false,
         }
-        Kernel::Portable
     }
 }
 
@@ -178,8 +198,10 @@ impl PointwiseConv {
         if !bias.is_empty() && bias.len() != m {
             return Err(bad(format!("{} biases for {m} outputs", bias.len())));
         }
-        if kernel == Kernel::Avx512 && Kernel::best() != Kernel::Avx512 {
-            return Err(bad("this CPU has no AVX-512F for that kernel".into()));
+        if !kernel.runs_here() {
+            return Err(bad(format!(
+                "this CPU lacks the instructions of the {kernel:?} kernel"
+            )));
         }
         let panels = geometry.panels();
         let mut packed = vec![0.0f32; panels * k * MR];
@@ -282,12 +304,17 @@ impl PointwiseConv {
                     let out = &mut out[r0 * n + p0..];
                     let residual = residual.map(|r| &r[o * n + p0..]);
                     match self.kernel {
+                        // SAFETY (both): `new` builds the op with a kernel only where
+                        // `runs_here` says the CPU has its instructions.
                         #[cfg(target_arch = "x86_64")]
-                        // SAFETY: the op is built with this kernel only on CPUs with AVX-512F.
                         Kernel::Avx512 => unsafe {
                             avx512::tile(&tile, self.epilogue, residual, out)
                         },
-                        _ => portable_tile(&tile, self.epilogue, residual, out),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx2Fma => unsafe {
+                            portable_tile_avx2_fma(&tile, self.epilogue, residual, out)
+                        },
+                        _ => portable_tile_baseline(&tile, self.epilogue, residual, out),
                     }
                 }
             }
@@ -345,9 +372,39 @@ struct Tile<'a> {
     stride: usize,
 }
 
+/// [`portable_tile`] for the build's baseline instructions (fused multiply-adds on aarch64,
+/// separate ones on x86-64).
+fn portable_tile_baseline(t: &Tile, epilogue: Epilogue, residual: Option<&[f32]>, out: &mut [f32]) {
+    #[cfg(target_arch = "aarch64")]
+    portable_tile::<super::mul_add::Fused>(t, epilogue, residual, out);
+    #[cfg(not(target_arch = "aarch64"))]
+    portable_tile::<super::mul_add::Plain>(t, epilogue, residual, out);
+}
+
+/// [`portable_tile`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn portable_tile_avx2_fma(
+    t: &Tile,
+    epilogue: Epilogue,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    portable_tile::<super::mul_add::Fused>(t, epilogue, residual, out);
+}
+
 /// The tile in plain Rust: the accumulators are a fixed-size array the compiler keeps in
 /// vector registers where it can.
-fn portable_tile(t: &Tile, epilogue: Epilogue, residual: Option<&[f32]>, out: &mut [f32]) {
+#[inline(always)]
+fn portable_tile<M: MulAdd>(
+    t: &Tile,
+    epilogue: Epilogue,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let mut acc = [[0.0f32; NR]; MR];
     for (row, b) in acc.iter_mut().zip(t.bias) {
         row.fill(*b);
@@ -360,7 +417,7 @@ fn portable_tile(t: &Tile, epilogue: Epilogue, residual: Option<&[f32]>, out: &m
     {
         for (row, w) in acc.iter_mut().zip(w) {
             for (a, x) in row.iter_mut().zip(x) {
-                *a = w.mul_add(*x, *a);
+                *a = M::mul_add(*a, *w, *x);
             }
         }
     }
@@ -370,7 +427,7 @@ fn portable_tile(t: &Tile, epilogue: Epilogue, residual: Option<&[f32]>, out: &m
             Epilogue::None => dst.copy_from_slice(&row[..t.cols]),
             Epilogue::Silu => {
                 for (d, v) in dst.iter_mut().zip(row) {
-                    *d = silu::silu(*v);
+                    *d = silu::silu::<M>(*v);
                 }
             }
             Epilogue::Residual => {
@@ -766,11 +823,10 @@ mod tests {
 
     /// Kernels this CPU can run: the portable one always, AVX-512 where present.
     fn kernels() -> Vec<Kernel> {
-        let mut k = vec![Kernel::Portable];
-        if Kernel::best() != Kernel::Portable {
-            k.push(Kernel::best());
-        }
-        k
+        [Kernel::Portable, Kernel::Avx2Fma, Kernel::Avx512]
+            .into_iter()
+            .filter(|k| k.runs_here())
+            .collect()
     }
 
     /// Runs the op with `kernel` and the reference on random data and compares them to float
