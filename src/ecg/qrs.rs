@@ -95,8 +95,8 @@ pub struct RPeak {
     pub searchback: bool,
 }
 
-/// A beat the detector has found but not yet confirmed: its candidate is held through
-/// pre-blanking (220 ms after the integrated maximum) in case a larger peak
+/// A beat the detector has found but not yet confirmed: from the first sample past the
+/// integrated maximum, through pre-blanking (220 ms after that maximum) in case a larger peak
 /// follows. Consumers that must act as soon as a beat ends (the daemon encodes the beat's
 /// frames ahead of the cut) can start on it: in the common case the beat is confirmed at this
 /// very index, and when it is not (a larger peak replaces the candidate) nothing has been
@@ -106,9 +106,9 @@ pub struct ProvisionalPeak {
     /// Sample index the R peak would be reported at: refined as confirmation refines it, so
     /// work keyed on it is reused when the beat is confirmed.
     pub index: u64,
-    /// Index of the sample whose push declared the candidate, so consumers can see how long
-    /// before confirmation they knew (`RPeak::confirmed_at - declared_at`).
-    pub declared_at: u64,
+    /// Index of the sample whose push first announced this peak, so consumers can see how
+    /// long before confirmation they knew (`RPeak::confirmed_at - announced_at`).
+    pub announced_at: u64,
 }
 
 /// What the decision rules make of a candidate.
@@ -335,6 +335,8 @@ impl QrsDetector {
 
         if let Some(c) = self.find_peak(m, now) {
             self.offer(c, now);
+        } else if self.pk_max > 0.0 && self.pk_index + 1 == now {
+            self.announce(now);
         }
         // Searchback only runs with no candidate held, so this push reports at most one beat.
         if let Some(beat) = self.check_searchback(now) {
@@ -351,9 +353,11 @@ impl QrsDetector {
         self.decide(c, now)
     }
 
-    /// The beat held for confirmation, if the decision rules would accept it as things stand
-    /// (see [`ProvisionalPeak`]). Changes only when a candidate is declared, replaced or
-    /// decided; `None` while no candidate is held and while the held one would be rejected.
+    /// The beat held for confirmation, or the larger peak about to take its place, if the
+    /// decision rules would accept it as things stand (see [`ProvisionalPeak`]). Changes only
+    /// when the integrated signal passes a maximum and when a candidate is declared, replaced
+    /// or decided; `None` while no beat is in sight and while the one in sight would be
+    /// rejected.
     pub fn provisional(&self) -> Option<ProvisionalPeak> {
         self.provisional
     }
@@ -410,9 +414,31 @@ impl QrsDetector {
             Some(p) if p.height >= c.height => {}
             _ => {
                 self.pending = Some(c);
-                self.provisional = self.predict(c, now);
+                let p = self.predict(c, now);
+                self.set_provisional(p);
             }
         }
+    }
+
+    /// On the first sample past a maximum of the integrated signal: that maximum is most
+    /// likely the peak [`Self::find_peak`] will declare once the signal has fallen to half
+    /// (35-95 ms on), so [`Self::provisional`] announces it now if it would take the held
+    /// candidate's place. A larger maximum still to come is announced in its turn.
+    fn announce(&mut self, now: u64) {
+        let c = self.candidate(self.pk_max, self.pk_index);
+        if self.pending.is_some_and(|p| p.height >= c.height) {
+            return;
+        }
+        let p = self.predict(c, now);
+        self.set_provisional(p);
+    }
+
+    /// Replaces the provisional peak, keeping when it was first announced if it stays put.
+    fn set_provisional(&mut self, p: Option<ProvisionalPeak>) {
+        self.provisional = match (self.provisional, p) {
+            (Some(old), Some(new)) if old.index == new.index => Some(old),
+            _ => p,
+        };
     }
 
     /// Where `c` would be confirmed if it were decided now: the same rules and refinement as
@@ -434,7 +460,7 @@ impl QrsDetector {
         let (index, _) = self.locate(c.mwi_index);
         Some(ProvisionalPeak {
             index: self.last.map_or(index, |l| index.max(l.r_index + 1)),
-            declared_at: now,
+            announced_at: now,
         })
     }
 
@@ -973,9 +999,9 @@ mod tests {
                 assert_eq!(held.index, p.index, "fs {fs}: {p:?}");
                 // Known at least a tenth of a second before the confirmation.
                 assert!(
-                    (p.confirmed_at - held.declared_at) as f64 >= 0.1 * fs,
-                    "fs {fs}: declared at {}, confirmed at {}",
-                    held.declared_at,
+                    (p.confirmed_at - held.announced_at) as f64 >= 0.1 * fs,
+                    "fs {fs}: announced at {}, confirmed at {}",
+                    held.announced_at,
                     p.confirmed_at
                 );
             }
@@ -1006,10 +1032,12 @@ mod tests {
         let x = ecg(fs, 56.0, &truth, &vec![tall_t; truth.len()], 0.02, &mut rng);
         let confirmed: Vec<u64> = run(&x, fs).iter().map(|p| p.index).collect();
         let mut d = QrsDetector::new(fs).unwrap();
-        let mut announced = Vec::new();
+        // From the first beat on: before it the start-up rules are still learning the levels.
+        let mut announced = vec![confirmed[0]];
         for &s in &x {
             d.push(s);
             if let Some(p) = d.provisional()
+                && p.index > confirmed[0]
                 && announced.last() != Some(&p.index)
             {
                 announced.push(p.index);
