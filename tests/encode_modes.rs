@@ -1,5 +1,7 @@
 //! `pipeline.encode`: encoding every incoming frame ahead of its beat gives the labels that
-//! encoding the predicted phases gives, and leaves nothing to encode when a beat closes.
+//! encoding the phases gives, and leaves nothing to encode when a beat closes; so, on an
+//! encoder this fast, do the phases, since the beat's real phase frames are encoded while the
+//! QRS detector holds its closing R-peak (`daemon::speculate`).
 //!
 //! The demo model's encoder is fast enough on tract to run on every frame, so the every-frame
 //! path is tested here on the CPU; on a cart it is TensorRT's (`auto` picks it only on the
@@ -192,8 +194,15 @@ fn every_frame_gives_the_same_labels_with_nothing_left_to_encode_at_the_cut() {
             "beat {beat}: {every_frame} encoded at the cut: {at_cut:?}"
         );
     }
+    // Phases: what the RR prediction missed was encoded while the R-peak was held, so only
+    // a beat with a new region is left with frames to encode (one beat of slack for a
+    // machine whose load delayed the speculation).
+    let left = at_cut[1..]
+        .iter()
+        .filter(|&&(_, _, phases)| phases != 0 && phases != t)
+        .count();
     assert!(
-        at_cut[1..].iter().any(|&(_, e, p)| e == 0 && p > 0),
-        "no beat where a missed phase prediction was already encoded: {at_cut:?}"
+        left <= 1,
+        "{left} beats had missed phases left at the cut: {at_cut:?}"
     );
 }

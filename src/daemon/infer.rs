@@ -4,7 +4,7 @@
 //! one (the probe has moved on), so the gating thread posts each beat into a single slot of
 //! the [`Inbox`]: a beat not yet taken is replaced by the newer one and counted as dropped,
 //! and inference always works on the freshest beat. In idle time it encodes frames of the
-//! beat still open, ahead of its end (`daemon::lookahead`).
+//! beat still open, ahead of its end (`daemon::lookahead`, `daemon::speculate`).
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
@@ -273,6 +273,16 @@ impl<B, A> Inbox<B, A> {
         full
     }
 
+    /// Drops every frame waiting to be encoded ahead and returns how many: they were
+    /// predicted for a beat whose real frames are now known (`daemon::speculate`), and
+    /// encoding them would only delay those.
+    pub fn clear_ahead(&self) -> usize {
+        let mut state = lock(&self.state);
+        let dropped = state.1.len();
+        state.1.clear();
+        dropped
+    }
+
     /// The next task, beats first, waiting up to `timeout` for one.
     pub fn take(&self, timeout: Duration) -> Option<Task<B, A>> {
         let state = lock(&self.state);
@@ -317,6 +327,20 @@ mod tests {
         let none: Inbox<u32, u32> = Inbox::new(0);
         assert!(none.post_ahead(1));
         assert_eq!(none.take(SOON), None, "no lookahead at all");
+    }
+
+    #[test]
+    fn clearing_the_frames_ahead_leaves_the_beat() {
+        let m: Inbox<u32, u32> = Inbox::new(4);
+        m.post_ahead(10);
+        m.post_ahead(11);
+        m.post_beat(1);
+        assert_eq!(m.clear_ahead(), 2);
+        m.post_ahead(20);
+        assert_eq!(m.take(SOON), Some(Task::Beat(1)));
+        assert_eq!(m.take(SOON), Some(Task::Ahead(20)));
+        assert_eq!(m.take(SOON), None);
+        assert_eq!(m.clear_ahead(), 0);
     }
 
     #[test]

@@ -20,8 +20,9 @@
 //! Each source owns a thread so a slow or faulty device never stalls another; gating is
 //! cheap and sees every item; inference is slow and always works on the freshest beat, and
 //! spends its idle time encoding the frames the open beat will most likely pick
-//! ([`lookahead`]), or every frame while the engine keeps up ([`encode`]), so that when the
-//! beat closes little more than the head remains. A missing or stale TensorRT plan is
+//! ([`lookahead`]) and, once the QRS detector holds the beat's closing R-peak, the frames it
+//! will pick ([`speculate`]), or every frame while the engine keeps up ([`encode`]), so that
+//! when the beat closes little more than the head remains. A missing or stale TensorRT plan is
 //! rebuilt in the background and the encoder moved onto it between beats ([`planswitch`]).
 //! The server runs on a current-thread tokio runtime and takes its shutdown signal as a
 //! future ([`Daemon::run`]), so tests stop it without signals. Nothing a device or a client does
@@ -43,6 +44,7 @@ pub mod record;
 pub mod shared;
 pub mod socket;
 pub mod source;
+pub mod speculate;
 pub mod stability;
 pub mod sys;
 pub mod trust;
@@ -77,6 +79,7 @@ use self::record::{RecordMsg, Recorder};
 use self::shared::{ENCODE_EVERY_FRAME, ENCODE_PHASES, Pulse, RateMemo, Shared};
 use self::socket::{ClientLimits, Hub, SocketError};
 use self::source::{OpenSource, PlaySpec, Pulled, SimSpec, SourceItem, Splicer};
+use self::speculate::Speculation;
 use self::stability::Stabilizer;
 
 /// How long shutdown waits for the threads; with the client hang-up before it, the process
@@ -569,8 +572,13 @@ fn start_threads(
         .pipeline
         .lookahead
         .then(|| Lookahead::new(identity.frames_per_beat));
+    let speculation = config
+        .pipeline
+        .lookahead
+        .then(|| Speculation::new(identity.frames_per_beat));
     let ahead = Ahead {
         lookahead,
+        speculation,
         encode: config.pipeline.encode,
     };
     let (ib, rec, sh, pulse) = (
@@ -834,13 +842,15 @@ impl DeliveryLog {
 struct Ahead {
     /// Predicts the open beat's phases.
     lookahead: Option<Lookahead>,
+    /// The open beat's phases once its R-peak is held (with the lookahead, `None` without).
+    speculation: Option<Speculation>,
     /// `pipeline.encode`.
     encode: EncodeMode,
 }
 
 /// The gating thread: every item through the [`GatingStage`], beats to the inbox (and, with
-/// a [`Lookahead`], the frames expected in the open beat, or every frame), items to the
-/// recorder.
+/// a [`Lookahead`], the frames expected in the open beat, the frames it will pick once its
+/// R-peak is held ([`Speculation`]), or every frame), items to the recorder.
 fn gating_thread(
     rx: &Receiver<Delivered>,
     mut stage: GatingStage,
@@ -852,6 +862,7 @@ fn gating_thread(
 ) {
     let Ahead {
         mut lookahead,
+        mut speculation,
         encode,
     } = ahead;
     let mut rate = FrameRate::default();
@@ -889,6 +900,9 @@ fn gating_thread(
                     if let Some(lookahead) = lookahead.as_mut() {
                         lookahead.beat_cut(gated.beat.start_ns, gated.beat.end_ns);
                     }
+                    if let Some(speculation) = speculation.as_mut() {
+                        speculation.beat_cut();
+                    }
                     let job = BeatJob {
                         gated,
                         delivered,
@@ -914,6 +928,21 @@ fn gating_thread(
             } else {
                 ENCODE_PHASES
             });
+            // The open beat's real phases, once its R-peak is held, go before (and instead of)
+            // the predicted ones; drained either way, like the prediction below.
+            if let Some(speculation) = speculation.as_mut() {
+                if speculation.provisional(stage.provisional_beat()) {
+                    lookahead.superseded();
+                    if !every {
+                        inbox.clear_ahead();
+                    }
+                }
+                while let Some(phase_ns) = speculation.due(latest) {
+                    if !every && let Some(frame) = stage.frame_near(phase_ns) {
+                        inbox.post_ahead(frame.clone());
+                    }
+                }
+            }
             // The prediction is drained either way, so that it is current when phases are
             // encoded again.
             while let Some(phase_ns) = lookahead.due(latest) {
