@@ -1,7 +1,8 @@
 //! `pipeline.encode`: encoding every incoming frame ahead of its beat gives the labels that
-//! encoding the phases gives, and leaves nothing to encode when a beat closes; so, on an
-//! encoder this fast, do the phases, since the beat's real phase frames are encoded while the
-//! QRS detector holds its closing R-peak (`daemon::speculate`).
+//! encoding the phases gives, and leaves nothing to encode when a beat closes but in a beat
+//! whose image region is estimated anew. On an encoder this fast the phases leave nothing
+//! even there: the beat's real phase frames are encoded, under the region the beat will have,
+//! while the QRS detector holds its closing R-peak (`daemon::speculate`).
 //!
 //! The demo model's encoder is fast enough on tract to run on every frame, so the every-frame
 //! path is tested here on the CPU; on a cart it is TensorRT's (`auto` picks it only on the
@@ -188,18 +189,18 @@ fn every_frame_gives_the_same_labels_with_nothing_left_to_encode_at_the_cut() {
         eprintln!("not checked: {ms} ms per frame at {FPS} fps leaves no headroom here");
         return;
     }
-    for &(beat, every_frame, phases) in &at_cut[1..] {
+    for &(beat, every_frame, _) in &at_cut[1..] {
         assert!(
-            every_frame == 0 || (every_frame == t && phases == t),
+            every_frame == 0 || every_frame == t,
             "beat {beat}: {every_frame} encoded at the cut: {at_cut:?}"
         );
     }
-    // Phases: what the RR prediction missed was encoded while the R-peak was held, so only
-    // a beat with a new region is left with frames to encode (one beat of slack for a
-    // machine whose load delayed the speculation).
+    // Phases: what the RR prediction missed, and a new region's frames, were encoded while
+    // the R-peak was held, so nothing is left (one beat of slack for a machine whose load
+    // delayed the speculation).
     let left = at_cut[1..]
         .iter()
-        .filter(|&&(_, _, phases)| phases != 0 && phases != t)
+        .filter(|&&(_, _, phases)| phases != 0)
         .count();
     assert!(
         left <= 1,

@@ -42,6 +42,14 @@ pub trait ClassifyBeat: Send {
         Ok(false)
     }
 
+    /// The beat about to close has `frames`, known while the QRS detector holds its R-peak
+    /// (`daemon::speculate`): frames encoded ahead until it is classified are preprocessed
+    /// under the region it will have. Classifiers without a feature cache do nothing.
+    fn expect_beat(&mut self, frames: &[Frame]) -> Result<(), PipelineError> {
+        let _ = frames;
+        Ok(())
+    }
+
     /// Sizes the feature cache for `frames` frames, for when every frame is encoded ahead
     /// (`daemon::encode`). Classifiers without a feature cache ignore it.
     fn set_cache_frames(&mut self, frames: usize) {
@@ -127,6 +135,10 @@ impl ClassifyBeat for RecoverableModel {
         self.stage.encode_ahead(frame)
     }
 
+    fn expect_beat(&mut self, frames: &[Frame]) -> Result<(), PipelineError> {
+        ClassifyBeat::expect_beat(&mut self.stage, frames)
+    }
+
     fn set_cache_frames(&mut self, frames: usize) {
         self.stage.set_cache_frames(frames);
     }
@@ -175,6 +187,11 @@ impl ClassifyBeat for ModelStage {
 
     fn encode_ahead(&mut self, frame: &Frame) -> Result<bool, PipelineError> {
         ModelStage::encode_ahead(self, frame)
+    }
+
+    fn expect_beat(&mut self, frames: &[Frame]) -> Result<(), PipelineError> {
+        let frames: Vec<&Frame> = frames.iter().collect();
+        ModelStage::expect_beat(self, &frames)
     }
 
     fn set_cache_frames(&mut self, frames: usize) {

@@ -16,6 +16,12 @@
 //! cache is keyed by the frame and its exact preprocessing, and a beat is still classified
 //! only when the gate cuts it.
 //!
+//! The beat's frames are known together, so the inference thread is handed them together: it
+//! works out the image region the beat will be preprocessed under before encoding them
+//! (`Preprocessor::expect_beat`), and a beat whose region is estimated anew (a view change, a
+//! mask that moved) finds its frames encoded ahead too, which the prediction, made under the
+//! last beat's region, never could.
+//!
 //! [`Speculation`] is the pure part: told of the provisional beat after each input, it says
 //! which phase times are due; the gating thread looks up the frame nearest each by the gate's
 //! rule.
@@ -58,6 +64,11 @@ impl Speculation {
         self.beat = Some((start_ns, end_ns));
         self.next_phase = 0;
         true
+    }
+
+    /// T: the phases of a beat, all handed out at once when the video has passed them.
+    pub fn frames_per_beat(&self) -> usize {
+        self.frames_per_beat as usize
     }
 
     /// A beat was cut: the speculation on it is over (its frames are cached or being
