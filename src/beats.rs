@@ -219,6 +219,18 @@ impl BeatCutter {
             .collect()
     }
 
+    /// The beat the QRS detector's provisional R-peak would close, `(start_ns, end_ns)` (see
+    /// [`crate::ecg::QrsDetector::provisional`] and [`Gate::beat_closed_by`]): known up to
+    /// 220 ms before the R-peak is confirmed and the beat cut, and in the common case exactly
+    /// the beat that will be cut, so its phase frames can be prepared ahead. `None` while no
+    /// candidate is held, or the gate would not pick frames for the beat.
+    pub fn provisional_beat(&self) -> Option<(u64, u64)> {
+        let stages = self.ecg.as_ref()?;
+        let peak = stages.detector.provisional()?;
+        self.gate
+            .beat_closed_by(stages.timeline.time_of(peak.index))
+    }
+
     /// The held frame nearest to `t_ns`, by the gate's rule (the closer of the frames either
     /// side of it), so a frame picked ahead of time is the one the gate will pick.
     pub fn frame_near(&self, t_ns: u64) -> Option<&Frame> {

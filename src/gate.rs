@@ -160,6 +160,13 @@ struct PendingBeat {
     gating: Gating,
 }
 
+/// Time of phase `i` of `frames_per_beat` in the beat from `start_ns` to `end_ns`:
+/// `R + i/T * RR`, the instant whose nearest frame the gate picks for that phase. Whatever
+/// predicts the gate's picks (the daemon's lookahead and speculation) uses this same rule.
+pub fn phase_ns(start_ns: u64, end_ns: u64, i: u64, frames_per_beat: u64) -> u64 {
+    start_ns + end_ns.saturating_sub(start_ns) * i / frames_per_beat.max(1)
+}
+
 /// The item of `items` (in time order, `time` giving each one's time) nearest to `t_ns`: the
 /// closer of the items either side of it, the earlier on a tie. The gate picks phase frames
 /// by this rule, and whatever predicts its picks (`BeatCutter::frame_near`) must use the same.
@@ -268,6 +275,21 @@ impl Gate {
         self.resolve_ready();
     }
 
+    /// The beat an R-peak at `end_ns` would close, `(start_ns, end_ns)`, when the gate would go
+    /// on to pick its frames: a beat is open before `end_ns`, the RR interval is plausible and
+    /// no bad ECG is known inside it. For work done on a beat before its R-peak is confirmed
+    /// (`BeatCutter::provisional_beat`); the gate itself is left as it is.
+    pub fn beat_closed_by(&self, end_ns: u64) -> Option<(u64, u64)> {
+        let start_ns = self.last_r_ns.filter(|&s| s < end_ns)?;
+        let rr = end_ns - start_ns;
+        let plausible = (self.config.min_rr_ns..=self.config.max_rr_ns).contains(&rr);
+        let bad = self
+            .bad_ecg
+            .iter()
+            .any(|&(s, e)| s <= end_ns && e >= start_ns);
+        (plausible && !bad).then_some((start_ns, end_ns))
+    }
+
     /// Marks `[start_ns, end_ns]` as bad ECG: beats overlapping it are skipped. Must be pushed
     /// before the R-peak that closes an affected beat is resolved, which holds when the quality
     /// monitor sees samples before the (delayed) QRS detector confirms them.
@@ -326,10 +348,9 @@ impl Gate {
             return;
         }
         let t = self.config.frames_per_beat as u64;
-        let rr = beat.end_ns - beat.start_ns;
         let mut picked = Vec::with_capacity(self.config.frames_per_beat);
         for i in 0..t {
-            let phase_t = beat.start_ns + rr * i / t;
+            let phase_t = phase_ns(beat.start_ns, beat.end_ns, i, t);
             match self.nearest_frame(phase_t) {
                 Some(f) if f.t_ns.abs_diff(phase_t) <= self.config.max_frame_offset_ns => {
                     picked.push(f)

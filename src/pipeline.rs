@@ -225,6 +225,18 @@ impl ModelStage {
         Ok(Some(self.classifier.classify(&self.seqs, &self.tensors)?))
     }
 
+    /// The beat about to close has `frames` (see [`Preprocessor::expect_beat`]): frames
+    /// encoded ahead from now until it is classified are preprocessed under the region it
+    /// will have, even when that is not the last beat's. Unusable frames change nothing.
+    pub fn expect_beat(&mut self, frames: &[&Frame]) -> Result<(), PipelineError> {
+        match self.preprocessor.expect_beat(frames) {
+            Ok(()) | Err(PreprocessError::BadFrame(_) | PreprocessError::Inconsistent { .. }) => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Encodes `frame` into the feature cache ahead of its beat, preprocessed under the
     /// region of the last beat classified (a probe held still keeps its region, so the beat
     /// will most likely give the frame the very same tensor, and find it cached). `Ok(false)`

@@ -280,6 +280,9 @@ pub struct Preprocessor {
     last_region: Option<ImageRegion>,
     /// Beats `last_region` has served, up to [`MAX_REGION_BEATS`].
     region_beats: u32,
+    /// The region the beat about to close will be prepared under, when it is not
+    /// `last_region` ([`Self::expect_beat`]); the next beat prepared clears it.
+    next_region: Option<ImageRegion>,
 }
 
 impl Preprocessor {
@@ -294,6 +297,7 @@ impl Preprocessor {
             decoded: Vec::new(),
             last_region: None,
             region_beats: 0,
+            next_region: None,
         }
     }
 
@@ -313,6 +317,7 @@ impl Preprocessor {
         let len = self.tensor_len();
         check_output(frames.len(), len, out.len())?;
         let region = self.settle_region(frames)?;
+        self.next_region = None;
         let result = (|| {
             for (i, frame) in frames.iter().enumerate() {
                 let pixels = self.resize_grey(i, frame.width, &region)?;
@@ -335,6 +340,7 @@ impl Preprocessor {
         let len = self.tensor_len();
         check_output(frames.len(), len, out.len())?;
         let region = self.settle_region(frames)?;
+        self.next_region = None;
         let result = (|| {
             for (i, frame) in frames.iter().enumerate() {
                 let pixels = self.resize_grey(i, frame.width, &region)?;
@@ -351,8 +357,9 @@ impl Preprocessor {
     /// out of `last_region`; the caller puts it back.
     fn settle_region(&mut self, frames: &[&Frame]) -> Result<ImageRegion, PreprocessError> {
         let own = self.analyse(frames)?;
+        let keep = self.keeps_last_region(&own);
         Ok(match self.last_region.take() {
-            Some(last) if self.region_beats < MAX_REGION_BEATS && last.same_as(&own) => {
+            Some(last) if keep => {
                 self.region_beats += 1;
                 last
             }
@@ -361,6 +368,27 @@ impl Preprocessor {
                 own
             }
         })
+    }
+
+    /// Whether a beat whose own region is `own` is prepared under the last beat's instead.
+    fn keeps_last_region(&self, own: &ImageRegion) -> bool {
+        self.region_beats < MAX_REGION_BEATS
+            && self
+                .last_region
+                .as_ref()
+                .is_some_and(|last| last.same_as(own))
+    }
+
+    /// The beat about to close has `frames` (the daemon knows them while the QRS detector
+    /// holds the beat's closing R-peak, `daemon::speculate`): from now until the next beat is
+    /// prepared, [`Self::prepare_frame_like_last_beat`] uses the region [`Self::prepare_beat`]
+    /// will settle on for these frames, so a beat whose region is estimated anew (a view
+    /// change, a mask that moved, the [`MAX_REGION_BEATS`] limit) finds its frames prepared
+    /// ahead too. Nothing else changes: the beat still settles its region itself.
+    pub fn expect_beat(&mut self, frames: &[&Frame]) -> Result<(), PreprocessError> {
+        let own = self.analyse(frames)?;
+        self.next_region = (!self.keeps_last_region(&own)).then_some(own);
+        Ok(())
     }
 
     /// The region and mask [`Self::prepare_beat`] would apply to these frames, for preparing
@@ -401,14 +429,20 @@ impl Preprocessor {
     }
 
     /// Prepares one frame as [`Self::prepare_frame`] does, under the region of the last beat
-    /// [`Self::prepare_beat`] prepared; `Ok(false)` (and `out` untouched) before any beat or
-    /// when the frame's size no longer fits that region.
+    /// [`Self::prepare_beat`] prepared, or of the beat [`Self::expect_beat`] announced when
+    /// that one differs; `Ok(false)` (and `out` untouched) before any beat or when the
+    /// frame's size no longer fits that region.
     pub fn prepare_frame_like_last_beat(
         &mut self,
         frame: &Frame,
         out: &mut [f32],
     ) -> Result<bool, PreprocessError> {
-        let Some(region) = self.last_region.take() else {
+        let next = self.next_region.is_some();
+        let Some(region) = (if next {
+            self.next_region.take()
+        } else {
+            self.last_region.take()
+        }) else {
             return Ok(false);
         };
         let fits = region.crop().fits(frame.width, frame.height);
@@ -417,7 +451,11 @@ impl Preprocessor {
         } else {
             Ok(false)
         };
-        self.last_region = Some(region);
+        if next {
+            self.next_region = Some(region);
+        } else {
+            self.last_region = Some(region);
+        }
         result
     }
 
@@ -903,5 +941,61 @@ mod tests {
             pre.prepare_beat(&[], &mut out),
             Err(PreprocessError::Empty)
         ));
+    }
+
+    #[test]
+    fn a_frame_prepared_ahead_of_an_expected_beat_gets_that_beats_new_region() {
+        // Beat one's sector is x 10..30; beat two's moved to x 4..36 (a view change): its
+        // frames are prepared under its own region, not the last beat's.
+        let make = |seq: u64, x0: u32, x1: u32| {
+            frame(seq, 40, 30, PixelFormat::Grey8, move |x, y| {
+                if (x0..x1).contains(&x) && (5..25).contains(&y) {
+                    ((x * 3 + y * 5) as u64 + seq * 17) as u8 | 1
+                } else {
+                    200
+                }
+            })
+        };
+        let one: Vec<Frame> = (0..3).map(|s| make(s, 10, 30)).collect();
+        let two: Vec<Frame> = (3..6).map(|s| make(s, 4, 36)).collect();
+        let (one, two): (Vec<&Frame>, Vec<&Frame>) = (one.iter().collect(), two.iter().collect());
+        let mut pre = Preprocessor::new(config(20, 20));
+        let len = pre.tensor_len();
+        let mut beat = vec![0.0; 3 * len];
+        pre.prepare_beat(&one, &mut beat).unwrap();
+        let (mut like_last, mut expected) = (vec![0.0; len], vec![0.0; len]);
+        assert!(
+            pre.prepare_frame_like_last_beat(two[1], &mut like_last)
+                .unwrap()
+        );
+        pre.expect_beat(&two).unwrap();
+        assert!(
+            pre.prepare_frame_like_last_beat(two[1], &mut expected)
+                .unwrap()
+        );
+        pre.prepare_beat(&two, &mut beat).unwrap();
+        let own = &beat[len..2 * len];
+        assert_ne!(
+            like_last, own,
+            "the last beat's region gives another tensor"
+        );
+        assert_eq!(
+            expected, own,
+            "the expected beat's region gives the beat's own"
+        );
+        // Prepared: frames ahead follow the last beat (now beat two) again.
+        let mut after = vec![0.0; len];
+        assert!(
+            pre.prepare_frame_like_last_beat(two[1], &mut after)
+                .unwrap()
+        );
+        assert_eq!(after, own);
+        // A beat that keeps the last region changes nothing.
+        pre.expect_beat(&two).unwrap();
+        assert!(
+            pre.prepare_frame_like_last_beat(two[2], &mut after)
+                .unwrap()
+        );
+        assert_eq!(after, &beat[2 * len..]);
     }
 }

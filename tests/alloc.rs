@@ -7,8 +7,8 @@
 //! nothing after warm-up:
 //! * the QRS detector, per sample;
 //! * the beat cutter and the daemon's gating stage, per frame and per ECG block (the frame's
-//!   own buffer comes from the capture, outside the count), and the lookahead's phase
-//!   predictions;
+//!   own buffer comes from the capture, outside the count), the lookahead's phase
+//!   predictions and the speculation on the beat whose R-peak the detector holds;
 //! * preprocessing a frame into a reused tensor, from every uncompressed pixel format
 //!   (`GREY`, `YUYV`, `UYVY`, `NV12`, `RGB3`);
 //! * the feature cache once full, and assembling a beat's head input from cached features.
@@ -34,6 +34,7 @@ use echoview::classify::{Classifier, FeatureCache};
 use echoview::daemon::gating::{GatedEvent, GatingConfig, GatingStage};
 use echoview::daemon::lookahead::Lookahead;
 use echoview::daemon::source::SourceItem;
+use echoview::daemon::speculate::Speculation;
 use echoview::ecg::{QrsDetector, SampleFormat, read_samples};
 use echoview::engine::{self, EngineKind};
 use echoview::media::{Frame, PixelFormat};
@@ -206,6 +207,8 @@ fn the_daemon_gating_and_lookahead_allocate_only_per_beat() {
         window_ns: 1_000_000_000,
     });
     let mut lookahead = Lookahead::new(t);
+    let mut speculation = Speculation::new(t);
+    let mut speculated = 0usize;
     let engine = engine::open(&bundle, EngineKind::Tract).unwrap();
     let mut model = ModelStage::new(&bundle, engine);
     let (mut item_allocs, mut beat_allocs, mut ahead_allocs) = (0u64, Vec::new(), 0u64);
@@ -220,15 +223,25 @@ fn the_daemon_gating_and_lookahead_allocate_only_per_beat() {
                 cut = true;
                 beats += 1;
                 lookahead.beat_cut(gated.beat.start_ns, gated.beat.end_ns);
+                speculation.beat_cut();
                 let frames: Vec<&Frame> = gated.frames.iter().collect();
                 model.classify(&gated.beat, &frames).unwrap();
             }
         }
-        // The lookahead's predictions, as the gating thread asks for them after each item
-        // (`pending` has room for them all, as the inbox's fixed queue does).
+        // The speculation's and the lookahead's phases, as the gating thread asks for them
+        // after each item (`pending` has room for them all, as the inbox's fixed queue does).
         let ((), due) = count(|| {
             pending.clear();
             if let Some(latest) = stage.latest_frame_ns() {
+                if speculation.provisional(stage.provisional_beat()) {
+                    lookahead.superseded();
+                }
+                while let Some(phase_ns) = speculation.due(latest) {
+                    if stage.frame_near(phase_ns).is_some() {
+                        pending.push(phase_ns);
+                        speculated += 1;
+                    }
+                }
                 while let Some(phase_ns) = lookahead.due(latest) {
                     if stage.frame_near(phase_ns).is_some() {
                         pending.push(phase_ns);
@@ -265,9 +278,14 @@ fn the_daemon_gating_and_lookahead_allocate_only_per_beat() {
     eprintln!(
         "daemon gating: {item_allocs} allocations over items that closed no beat; per closed \
          beat {beat_allocs:?} (its T frames copied out); encode-ahead cache hits: \
-         {ahead_allocs} allocations over {ahead_hits}; {beats} beats"
+         {ahead_allocs} allocations over {ahead_hits}; {beats} beats, {speculated} phases \
+         speculated on"
     );
     assert!(beats >= 6, "only {beats} beats were cut");
+    assert!(
+        speculated >= beats * t / 2,
+        "only {speculated} phases speculated on over {beats} beats"
+    );
     assert!(
         ahead_hits >= t,
         "only {ahead_hits} frames were encoded ahead"

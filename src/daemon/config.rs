@@ -483,7 +483,8 @@ pub struct PipelineSection {
     /// stops being fed and the status says `stalled`.
     pub stall_s: f64,
     /// Encode the frames the open beat will most likely pick while waiting for it to close
-    /// (`daemon::lookahead`); off only to measure what it saves.
+    /// (`daemon::lookahead`), and the frames it will pick once the QRS detector holds its
+    /// closing R-peak (`daemon::speculate`); off only to measure what it saves.
     pub lookahead: bool,
     /// Which frames to encode ahead (with `lookahead` on): `auto` (every frame while the
     /// GPU keeps up, else the predicted phases), `phases` or `every-frame`

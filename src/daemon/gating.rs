@@ -198,6 +198,12 @@ impl GatingStage {
         self.cutter.frame_near(t_ns)
     }
 
+    /// The beat the detector's provisional R-peak would close (see
+    /// [`BeatCutter::provisional_beat`]).
+    pub fn provisional_beat(&self) -> Option<(u64, u64)> {
+        self.cutter.provisional_beat()
+    }
+
     /// The held frames captured at or after `t_ns`, oldest first (see
     /// [`BeatCutter::frames_since`]).
     pub fn frames_since(&self, t_ns: u64) -> impl Iterator<Item = &Frame> {
@@ -478,6 +484,58 @@ mod tests {
         assert_eq!(numbers, (0..numbers.len() as u64).collect::<Vec<_>>());
         assert_eq!(stage.mode(), Mode::Ecg);
         assert_eq!(stage.quality(), EcgQuality::Good);
+    }
+
+    #[test]
+    fn the_provisional_beat_and_its_phase_frames_are_those_the_gate_then_cuts() {
+        // A wandering heart rate with ectopic beats: the RR prediction misses, the provisional
+        // beat must not. After each item, as the daemon's gating thread looks.
+        let cfg = SimConfig {
+            ectopic_prob: 0.05,
+            rr_jitter: 0.05,
+            ..sim(40)
+        };
+        let t = config().frames_per_beat as u64;
+        let mut stage = GatingStage::new(config());
+        let mut held: Option<((u64, u64), Vec<u64>)> = None;
+        let (mut cut, mut matched) = (0usize, 0usize);
+        for event in Simulator::new(cfg).unwrap() {
+            let item = match event {
+                SimEvent::Frame { frame, .. } => SourceItem::Frame(frame),
+                SimEvent::Ecg(b) => SourceItem::Ecg(b),
+                SimEvent::RPeak { .. } => continue,
+            };
+            stage.push(item).unwrap();
+            while let Some(e) = stage.next_event() {
+                if let GatedEvent::Beat(b) = e {
+                    cut += 1;
+                    let stamps: Vec<u64> = b.beat.frames.iter().map(|f| f.seq).collect();
+                    if held.as_ref().is_some_and(|(beat, frames)| {
+                        *beat == (b.beat.start_ns, b.beat.end_ns) && *frames == stamps
+                    }) {
+                        matched += 1;
+                    }
+                }
+            }
+            // The phase frames as the gating thread looks them up, once the video has passed
+            // the last phase.
+            if let (Some((start, end)), Some(latest)) =
+                (stage.provisional_beat(), stage.latest_frame_ns())
+                && latest >= crate::gate::phase_ns(start, end, t - 1, t)
+            {
+                let frames = (0..t)
+                    .filter_map(|i| stage.frame_near(crate::gate::phase_ns(start, end, i, t)))
+                    .map(|f| f.seq)
+                    .collect();
+                held = Some(((start, end), frames));
+            }
+        }
+        assert!(cut >= 30, "{cut} beats");
+        // The first beat is cut with no beat before it to have been provisional.
+        assert!(
+            matched + 1 >= cut,
+            "{matched} of {cut} beats were speculated right"
+        );
     }
 
     #[test]

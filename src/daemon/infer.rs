@@ -4,7 +4,7 @@
 //! one (the probe has moved on), so the gating thread posts each beat into a single slot of
 //! the [`Inbox`]: a beat not yet taken is replaced by the newer one and counted as dropped,
 //! and inference always works on the freshest beat. In idle time it encodes frames of the
-//! beat still open, ahead of its end (`daemon::lookahead`).
+//! beat still open, ahead of its end (`daemon::lookahead`, `daemon::speculate`).
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
@@ -40,6 +40,14 @@ pub trait ClassifyBeat: Send {
     fn encode_ahead(&mut self, frame: &Frame) -> Result<bool, PipelineError> {
         let _ = frame;
         Ok(false)
+    }
+
+    /// The beat about to close has `frames`, known while the QRS detector holds its R-peak
+    /// (`daemon::speculate`): frames encoded ahead until it is classified are preprocessed
+    /// under the region it will have. Classifiers without a feature cache do nothing.
+    fn expect_beat(&mut self, frames: &[Frame]) -> Result<(), PipelineError> {
+        let _ = frames;
+        Ok(())
     }
 
     /// Sizes the feature cache for `frames` frames, for when every frame is encoded ahead
@@ -127,6 +135,10 @@ impl ClassifyBeat for RecoverableModel {
         self.stage.encode_ahead(frame)
     }
 
+    fn expect_beat(&mut self, frames: &[Frame]) -> Result<(), PipelineError> {
+        ClassifyBeat::expect_beat(&mut self.stage, frames)
+    }
+
     fn set_cache_frames(&mut self, frames: usize) {
         self.stage.set_cache_frames(frames);
     }
@@ -175,6 +187,11 @@ impl ClassifyBeat for ModelStage {
 
     fn encode_ahead(&mut self, frame: &Frame) -> Result<bool, PipelineError> {
         ModelStage::encode_ahead(self, frame)
+    }
+
+    fn expect_beat(&mut self, frames: &[Frame]) -> Result<(), PipelineError> {
+        let frames: Vec<&Frame> = frames.iter().collect();
+        ModelStage::expect_beat(self, &frames)
     }
 
     fn set_cache_frames(&mut self, frames: usize) {
@@ -273,6 +290,16 @@ impl<B, A> Inbox<B, A> {
         full
     }
 
+    /// Drops every frame waiting to be encoded ahead and returns how many: they were
+    /// predicted for a beat whose real frames are now known (`daemon::speculate`), and
+    /// encoding them would only delay those.
+    pub fn clear_ahead(&self) -> usize {
+        let mut state = lock(&self.state);
+        let dropped = state.1.len();
+        state.1.clear();
+        dropped
+    }
+
     /// The next task, beats first, waiting up to `timeout` for one.
     pub fn take(&self, timeout: Duration) -> Option<Task<B, A>> {
         let state = lock(&self.state);
@@ -317,6 +344,20 @@ mod tests {
         let none: Inbox<u32, u32> = Inbox::new(0);
         assert!(none.post_ahead(1));
         assert_eq!(none.take(SOON), None, "no lookahead at all");
+    }
+
+    #[test]
+    fn clearing_the_frames_ahead_leaves_the_beat() {
+        let m: Inbox<u32, u32> = Inbox::new(4);
+        m.post_ahead(10);
+        m.post_ahead(11);
+        m.post_beat(1);
+        assert_eq!(m.clear_ahead(), 2);
+        m.post_ahead(20);
+        assert_eq!(m.take(SOON), Some(Task::Beat(1)));
+        assert_eq!(m.take(SOON), Some(Task::Ahead(20)));
+        assert_eq!(m.take(SOON), None);
+        assert_eq!(m.clear_ahead(), 0);
     }
 
     #[test]

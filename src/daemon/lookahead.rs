@@ -9,12 +9,18 @@
 //! that were predicted right are cache hits and only the head (and the odd frame the
 //! prediction missed) remains.
 //!
+//! The prediction serves until the QRS detector finds the R-peak that closes the beat: from
+//! then on the beat's real phases are known (`daemon::speculate`), replace the predicted
+//! ones still waiting, and [`Lookahead::superseded`] holds the prediction until the cut.
+//!
 //! A wrong prediction costs idle encoder time, never a wrong label: the cache is keyed by the
 //! frame and the exact preprocessing, so a beat uses speculative features only for frames it
 //! really picked under the region it really has.
 //!
 //! [`Lookahead`] is the pure part: told of each beat cut and of the video's progress, it says
 //! which phase times are now due; the gating thread looks up the frame nearest each.
+
+use crate::gate::phase_ns;
 
 /// Predicts the phase times of the beat now open.
 #[derive(Debug, Clone)]
@@ -52,6 +58,13 @@ impl Lookahead {
         self.next_phase = 0;
     }
 
+    /// The open beat's end is known now (the QRS detector holds its R-peak, see
+    /// `daemon::speculate`): its real phases replace the predicted ones, so no more of
+    /// these are handed out until the next [`Self::beat_cut`].
+    pub fn superseded(&mut self) {
+        self.next_phase = self.frames_per_beat;
+    }
+
     /// The next phase time whose nearest frame is known now that the video has reached
     /// `latest_frame_ns` (no later frame can be nearer to it), or `None`. Call until `None`
     /// after each frame.
@@ -60,7 +73,7 @@ impl Lookahead {
         if self.next_phase >= self.frames_per_beat {
             return None;
         }
-        let phase_ns = start + rr * self.next_phase / self.frames_per_beat;
+        let phase_ns = phase_ns(start, start + rr, self.next_phase, self.frames_per_beat);
         if latest_frame_ns < phase_ns {
             return None;
         }

@@ -20,8 +20,9 @@
 //! Each source owns a thread so a slow or faulty device never stalls another; gating is
 //! cheap and sees every item; inference is slow and always works on the freshest beat, and
 //! spends its idle time encoding the frames the open beat will most likely pick
-//! ([`lookahead`]), or every frame while the engine keeps up ([`encode`]), so that when the
-//! beat closes little more than the head remains. A missing or stale TensorRT plan is
+//! ([`lookahead`]) and, once the QRS detector holds the beat's closing R-peak, the frames it
+//! will pick ([`speculate`]), or every frame while the engine keeps up ([`encode`]), so that
+//! when the beat closes little more than the head remains. A missing or stale TensorRT plan is
 //! rebuilt in the background and the encoder moved onto it between beats ([`planswitch`]).
 //! The server runs on a current-thread tokio runtime and takes its shutdown signal as a
 //! future ([`Daemon::run`]), so tests stop it without signals. Nothing a device or a client does
@@ -43,6 +44,7 @@ pub mod record;
 pub mod shared;
 pub mod socket;
 pub mod source;
+pub mod speculate;
 pub mod stability;
 pub mod sys;
 pub mod trust;
@@ -77,6 +79,7 @@ use self::record::{RecordMsg, Recorder};
 use self::shared::{ENCODE_EVERY_FRAME, ENCODE_PHASES, Pulse, RateMemo, Shared};
 use self::socket::{ClientLimits, Hub, SocketError};
 use self::source::{OpenSource, PlaySpec, Pulled, SimSpec, SourceItem, Splicer};
+use self::speculate::Speculation;
 use self::stability::Stabilizer;
 
 /// How long shutdown waits for the threads; with the client hang-up before it, the process
@@ -569,8 +572,13 @@ fn start_threads(
         .pipeline
         .lookahead
         .then(|| Lookahead::new(identity.frames_per_beat));
+    let speculation = config
+        .pipeline
+        .lookahead
+        .then(|| Speculation::new(identity.frames_per_beat));
     let ahead = Ahead {
         lookahead,
+        speculation,
         encode: config.pipeline.encode,
     };
     let (ib, rec, sh, pulse) = (
@@ -834,24 +842,36 @@ impl DeliveryLog {
 struct Ahead {
     /// Predicts the open beat's phases.
     lookahead: Option<Lookahead>,
+    /// The open beat's phases once its R-peak is held (with the lookahead, `None` without).
+    speculation: Option<Speculation>,
     /// `pipeline.encode`.
     encode: EncodeMode,
 }
 
+/// What the gating thread hands the inference thread to encode ahead of a beat.
+enum AheadTask {
+    /// One frame, preprocessed like the last beat's.
+    Frame(Frame),
+    /// All T phase frames of the beat whose R-peak the detector holds ([`Speculation`]),
+    /// to be preprocessed under the region that beat will have.
+    Beat(Vec<Frame>),
+}
+
 /// The gating thread: every item through the [`GatingStage`], beats to the inbox (and, with
-/// a [`Lookahead`], the frames expected in the open beat, or every frame), items to the
-/// recorder.
+/// a [`Lookahead`], the frames expected in the open beat, the frames it will pick once its
+/// R-peak is held ([`Speculation`]), or every frame), items to the recorder.
 fn gating_thread(
     rx: &Receiver<Delivered>,
     mut stage: GatingStage,
     ahead: Ahead,
-    inbox: &Inbox<BeatJob, Frame>,
+    inbox: &Inbox<BeatJob, AheadTask>,
     record: Option<&SyncSender<RecordMsg>>,
     shared: &Shared,
     pulse: &Pulse,
 ) {
     let Ahead {
         mut lookahead,
+        mut speculation,
         encode,
     } = ahead;
     let mut rate = FrameRate::default();
@@ -889,6 +909,9 @@ fn gating_thread(
                     if let Some(lookahead) = lookahead.as_mut() {
                         lookahead.beat_cut(gated.beat.start_ns, gated.beat.end_ns);
                     }
+                    if let Some(speculation) = speculation.as_mut() {
+                        speculation.beat_cut();
+                    }
                     let job = BeatJob {
                         gated,
                         delivered,
@@ -914,11 +937,37 @@ fn gating_thread(
             } else {
                 ENCODE_PHASES
             });
+            // The open beat's real phases, once its R-peak is held, go before (and instead of)
+            // the predicted ones; drained either way, like the prediction below.
+            if let Some(speculation) = speculation.as_mut() {
+                let fresh = speculation.provisional(stage.provisional_beat());
+                if fresh {
+                    lookahead.superseded();
+                    if !every {
+                        inbox.clear_ahead();
+                    }
+                }
+                let mut phases = Vec::new();
+                while let Some(phase_ns) = speculation.due(latest) {
+                    if !every && let Some(frame) = stage.frame_near(phase_ns) {
+                        phases.push(frame.clone());
+                    }
+                }
+                // The whole beat at once (the video is normally past it by then) goes as one,
+                // so its region is known before its frames are encoded.
+                if fresh && phases.len() == speculation.frames_per_beat() {
+                    inbox.post_ahead(AheadTask::Beat(phases));
+                } else {
+                    for frame in phases {
+                        inbox.post_ahead(AheadTask::Frame(frame));
+                    }
+                }
+            }
             // The prediction is drained either way, so that it is current when phases are
             // encoded again.
             while let Some(phase_ns) = lookahead.due(latest) {
                 if !every && let Some(frame) = stage.frame_near(phase_ns) {
-                    inbox.post_ahead(frame.clone());
+                    inbox.post_ahead(AheadTask::Frame(frame.clone()));
                 }
             }
             if every {
@@ -936,7 +985,7 @@ fn gating_thread(
                     (None, None) => latest,
                 };
                 for frame in stage.frames_since(from) {
-                    inbox.post_ahead(frame.clone());
+                    inbox.post_ahead(AheadTask::Frame(frame.clone()));
                 }
                 posted_ns = Some(latest);
             } else {
@@ -958,7 +1007,7 @@ struct Model {
 /// The inference thread: the freshest beat through the model and the stabiliser, out to the
 /// server. An engine error or panic costs one beat, never the thread.
 fn inference_thread(
-    inbox: &Inbox<BeatJob, Frame>,
+    inbox: &Inbox<BeatJob, AheadTask>,
     model: Model,
     mut stabilizer: Stabilizer,
     labels: &[View],
@@ -974,6 +1023,8 @@ fn inference_thread(
     let mut recovery = Recovery::default();
     let mut latency = Latency::default();
     let mut cache_sized = false;
+    // The frames of the beat speculated on still to encode.
+    let mut speculated: VecDeque<Frame> = VecDeque::new();
     loop {
         pulse.beat();
         if shared.stop.is_set() {
@@ -991,11 +1042,33 @@ fn inference_thread(
             plan_switch = None;
         }
         latency.follow(model.engine_name(), shared);
-        let job = match inbox.take(POLL) {
-            None => continue,
-            Some(Task::Beat(job)) => job,
-            Some(Task::Ahead(frame)) => {
+        // A speculated beat's frames are encoded one per turn, so a beat posted meanwhile
+        // waits for one encoder pass at most.
+        let wait = if speculated.is_empty() {
+            POLL
+        } else {
+            Duration::ZERO
+        };
+        let job = match inbox.take(wait) {
+            None => {
+                if let Some(frame) = speculated.pop_front() {
+                    encode_ahead(model.as_mut(), &frame, shared, &mut faults, &mut latency);
+                }
+                continue;
+            }
+            Some(Task::Beat(job)) => {
+                // The beat encodes what is left of its own frames; a speculation on another
+                // beat is void after a cut anyway.
+                speculated.clear();
+                job
+            }
+            Some(Task::Ahead(AheadTask::Frame(frame))) => {
                 encode_ahead(model.as_mut(), &frame, shared, &mut faults, &mut latency);
+                continue;
+            }
+            Some(Task::Ahead(AheadTask::Beat(frames))) => {
+                expect_beat(model.as_mut(), &frames, shared, &mut faults);
+                speculated = frames.into();
                 continue;
             }
         };
@@ -1092,6 +1165,30 @@ fn encode_ahead(
         Ok(Ok(false)) => {}
         Ok(Err(e)) => engine_fault(shared, faults, format!("engine (ahead of a beat): {e}")),
         Err(_) => engine_fault(shared, faults, "engine panicked ahead of a beat".into()),
+    }
+}
+
+/// Tells the model which frames the beat about to close has, for the region its frames
+/// encoded ahead are preprocessed under. A fault costs only that: they are preprocessed like
+/// the last beat's.
+fn expect_beat(
+    model: &mut dyn ClassifyBeat,
+    frames: &[Frame],
+    shared: &Shared,
+    faults: &mut RateLimited,
+) {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| model.expect_beat(frames))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => engine_fault(
+            shared,
+            faults,
+            format!("preprocessing ahead of a beat: {e}"),
+        ),
+        Err(_) => engine_fault(
+            shared,
+            faults,
+            "preprocessing panicked ahead of a beat".into(),
+        ),
     }
 }
 

@@ -95,6 +95,33 @@ pub struct RPeak {
     pub searchback: bool,
 }
 
+/// A beat the detector has found but not yet confirmed: from the first sample past the
+/// integrated maximum, through pre-blanking (220 ms after that maximum) in case a larger peak
+/// follows. Consumers that must act as soon as a beat ends (the daemon encodes the beat's
+/// frames ahead of the cut) can start on it: in the common case the beat is confirmed at this
+/// very index, and when it is not (a larger peak replaces the candidate) nothing has been
+/// reported, so at worst their work was wasted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProvisionalPeak {
+    /// Sample index the R peak would be reported at: refined as confirmation refines it, so
+    /// work keyed on it is reused when the beat is confirmed.
+    pub index: u64,
+    /// Index of the sample whose push first announced this peak, so consumers can see how
+    /// long before confirmation they knew (`RPeak::confirmed_at - announced_at`).
+    pub announced_at: u64,
+}
+
+/// What the decision rules make of a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Within the refractory period of the last beat: ignored altogether.
+    Refractory,
+    /// A beat.
+    Beat,
+    /// Not a beat: it counts as noise and may serve searchback.
+    Noise,
+}
+
 /// A peak of the integrated signal waiting for a decision.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
@@ -207,6 +234,8 @@ pub struct QrsDetector {
     pk_prev: f64,
     /// Candidate held during pre-blanking.
     pending: Option<Candidate>,
+    /// Where `pending` would be confirmed, when the decision rules would accept it now.
+    provisional: Option<ProvisionalPeak>,
     qrs_levels: History,
     noise_levels: History,
     qrs_slopes: History,
@@ -261,6 +290,7 @@ impl QrsDetector {
             pk_index: 0,
             pk_prev: 0.0,
             pending: None,
+            provisional: None,
             qrs_levels: History::new(),
             noise_levels: History::new(),
             qrs_slopes: History::new(),
@@ -304,7 +334,9 @@ impl QrsDetector {
         self.n += 1;
 
         if let Some(c) = self.find_peak(m, now) {
-            self.offer(c);
+            self.offer(c, now);
+        } else if self.pk_max > 0.0 && self.pk_index + 1 == now {
+            self.announce(now);
         }
         // Searchback only runs with no candidate held, so this push reports at most one beat.
         if let Some(beat) = self.check_searchback(now) {
@@ -317,7 +349,17 @@ impl QrsDetector {
             return None;
         }
         self.pending = None;
+        self.provisional = None;
         self.decide(c, now)
+    }
+
+    /// The beat held for confirmation, or the larger peak about to take its place, if the
+    /// decision rules would accept it as things stand (see [`ProvisionalPeak`]). Changes only
+    /// when the integrated signal passes a maximum and when a candidate is declared, replaced
+    /// or decided; `None` while no beat is in sight and while the one in sight would be
+    /// rejected.
+    pub fn provisional(&self) -> Option<ProvisionalPeak> {
+        self.provisional
     }
 
     /// Flushes at end of stream: decides the candidate still held as if no more samples came.
@@ -326,7 +368,7 @@ impl QrsDetector {
         if self.pk_max > 0.0 {
             let c = self.candidate(self.pk_max, self.pk_index);
             self.pk_max = 0.0;
-            self.offer(c);
+            self.offer(c, now);
         }
         let c = self.pending.take()?;
         self.decide(c, now)
@@ -364,12 +406,62 @@ impl QrsDetector {
         }
     }
 
-    /// Pre-blanking: a larger peak arriving while a candidate is held replaces it.
-    fn offer(&mut self, c: Candidate) {
+    /// Pre-blanking: a larger peak arriving while a candidate is held replaces it. A candidate
+    /// that becomes the held one is judged at once, without changing any state, for
+    /// [`Self::provisional`].
+    fn offer(&mut self, c: Candidate, now: u64) {
         match self.pending {
             Some(p) if p.height >= c.height => {}
-            _ => self.pending = Some(c),
+            _ => {
+                self.pending = Some(c);
+                let p = self.predict(c, now);
+                self.set_provisional(p);
+            }
         }
+    }
+
+    /// On the first sample past a maximum of the integrated signal: that maximum is most
+    /// likely the peak [`Self::find_peak`] will declare once the signal has fallen to half
+    /// (35-95 ms on), so [`Self::provisional`] announces it now if it would take the held
+    /// candidate's place. A larger maximum still to come is announced in its turn.
+    fn announce(&mut self, now: u64) {
+        let c = self.candidate(self.pk_max, self.pk_index);
+        if self.pending.is_some_and(|p| p.height >= c.height) {
+            return;
+        }
+        let p = self.predict(c, now);
+        self.set_provisional(p);
+    }
+
+    /// Replaces the provisional peak, keeping when it was first announced if it stays put.
+    fn set_provisional(&mut self, p: Option<ProvisionalPeak>) {
+        self.provisional = match (self.provisional, p) {
+            (Some(old), Some(new)) if old.index == new.index => Some(old),
+            _ => p,
+        };
+    }
+
+    /// Where `c` would be confirmed if it were decided now: the same rules and refinement as
+    /// [`Self::decide`], which nothing changes until then (searchback and the other decisions
+    /// wait while a candidate is held), so the prediction holds unless a larger peak replaces
+    /// `c`. Two inputs do move: before the first beat the start-up noise floor, and the
+    /// baseline of the refinement, which gains the samples still to come; neither moves the
+    /// R peak in the common case, since the largest deviation from a baseline is the same
+    /// sample whatever the baseline, unless the polarity choice flips.
+    fn predict(&mut self, c: Candidate, now: u64) -> Option<ProvisionalPeak> {
+        let startup_max = if self.last.is_none() {
+            self.startup_max.max(c.height)
+        } else {
+            self.startup_max
+        };
+        if self.verdict(c, startup_max) != Verdict::Beat {
+            return None;
+        }
+        let (index, _) = self.locate(c.mwi_index);
+        Some(ProvisionalPeak {
+            index: self.last.map_or(index, |l| index.max(l.r_index + 1)),
+            announced_at: now,
+        })
     }
 
     /// Median of the integrated signal over the held history: before the first beat, the only
@@ -388,8 +480,14 @@ impl QrsDetector {
 
     /// Integrated-signal height at `fraction` of the way from the noise level to the QRS level.
     fn threshold(&self, fraction: f64) -> f64 {
+        self.threshold_with(fraction, self.startup_max)
+    }
+
+    /// [`Self::threshold`] with `startup_max` standing for the largest candidate before the
+    /// first beat, so a prediction can count a candidate not yet decided.
+    fn threshold_with(&self, fraction: f64, startup_max: f64) -> f64 {
         let noise = self.noise_levels.median().unwrap_or(0.0);
-        let qrs = self.qrs_levels.median().unwrap_or(self.startup_max);
+        let qrs = self.qrs_levels.median().unwrap_or(startup_max);
         noise + fraction * (qrs - noise)
     }
 
@@ -397,9 +495,32 @@ impl QrsDetector {
         if self.last.is_none() {
             self.startup_max = self.startup_max.max(c.height);
         }
+        match self.verdict(c, self.startup_max) {
+            Verdict::Refractory => None,
+            Verdict::Beat => {
+                let refined = self.refine(c.mwi_index);
+                Some(self.accept(c, now, false, refined))
+            }
+            Verdict::Noise => {
+                self.noise_levels.push(c.height);
+                let since = self.last.map(|l| c.mwi_index.saturating_sub(l.mwi_index));
+                if since.is_none_or(|s| s >= self.len.t_wave_window)
+                    && self.searchback.is_none_or(|s| c.height > s.height)
+                {
+                    self.searchback = Some(c);
+                }
+                None
+            }
+        }
+    }
+
+    /// The decision rules for candidate `c`, with `startup_max` as the largest candidate before
+    /// the first beat. Changes no state but the refinement's work space (the start-up noise
+    /// floor is a median), so [`Self::predict`] can ask ahead of [`Self::decide`].
+    fn verdict(&mut self, c: Candidate, startup_max: f64) -> Verdict {
         let since = self.last.map(|l| c.mwi_index.saturating_sub(l.mwi_index));
         if since.is_some_and(|s| s < self.len.refractory) {
-            return None;
+            return Verdict::Refractory;
         }
         let t_wave = match (since, self.last) {
             (Some(s), Some(l)) => {
@@ -408,24 +529,18 @@ impl QrsDetector {
             _ => false,
         };
         let startup_ok = self.last.is_some() || c.height >= STARTUP_SNR * self.noise_floor();
-        let strong = c.height >= self.threshold(THRESHOLD_FRACTION);
-        let weak = c.height >= self.threshold(WEAK_THRESHOLD_FRACTION)
+        let strong = c.height >= self.threshold_with(THRESHOLD_FRACTION, startup_max);
+        let weak = c.height >= self.threshold_with(WEAK_THRESHOLD_FRACTION, startup_max)
             && self
                 .qrs_slopes
                 .median()
                 .is_none_or(|m| c.slope >= WEAK_SLOPE_RATIO * m)
             && since.is_none_or(|s| s >= self.len.weak_min_interval);
         if !t_wave && startup_ok && (strong || weak) {
-            let refined = self.refine(c.mwi_index);
-            return Some(self.accept(c, now, false, refined));
+            Verdict::Beat
+        } else {
+            Verdict::Noise
         }
-        self.noise_levels.push(c.height);
-        if since.is_none_or(|s| s >= self.len.t_wave_window)
-            && self.searchback.is_none_or(|s| c.height > s.height)
-        {
-            self.searchback = Some(c);
-        }
-        None
     }
 
     /// Searchback: once per 1.5 median RR intervals without a beat, the largest candidate since
@@ -498,8 +613,17 @@ impl QrsDetector {
 
     /// Locates the true R peak for a detection whose integrated maximum is at `mwi_index`: the
     /// largest deviation of the input from its local median in the window where the QRS must
-    /// lie, preferring the polarity of recent beats. Returns the index and the signed deviation.
+    /// lie, preferring the polarity of recent beats. Returns the index and the signed deviation,
+    /// and makes the polarity of this beat part of the recent beats'.
     fn refine(&mut self, mwi_index: u64) -> (u64, f32) {
+        let pick = self.locate(mwi_index);
+        let sign = if pick.1 >= 0.0 { 1.0 } else { -1.0 };
+        self.polarity = (1.0 - POLARITY_MEMORY) * self.polarity + POLARITY_MEMORY * sign;
+        pick
+    }
+
+    /// [`Self::refine`] without learning the polarity, so a prediction leaves it as it was.
+    fn locate(&mut self, mwi_index: u64) -> (u64, f32) {
         let oldest = self.raw.oldest();
         let newest = self.raw.next().saturating_sub(1);
         let lo = mwi_index.saturating_sub(self.len.refine_before).max(oldest);
@@ -528,14 +652,11 @@ impl QrsDetector {
         } else {
             (1.0, POLARITY_BIAS)
         };
-        let pick = if up.1 * w_up >= -down.1 * w_down {
+        if up.1 * w_up >= -down.1 * w_down {
             up
         } else {
             down
-        };
-        let sign = if pick.1 >= 0.0 { 1.0 } else { -1.0 };
-        self.polarity = (1.0 - POLARITY_MEMORY) * self.polarity + POLARITY_MEMORY * sign;
-        pick
+        }
     }
 }
 
@@ -841,6 +962,89 @@ mod tests {
         assert_eq!(pushed.len(), truth.len() - 1);
         let flushed = d.finish().expect("the last beat is still held");
         assert!((flushed.index as f64 / fs - last).abs() < 0.01);
+    }
+
+    /// Runs a detector over `x` asking for the provisional peak after every sample; returns
+    /// the confirmed beats and, per beat, the provisional peak held on the sample before it
+    /// was confirmed.
+    fn run_provisional(x: &[f32], fs_hz: f64) -> Vec<(RPeak, Option<ProvisionalPeak>)> {
+        let mut d = QrsDetector::new(fs_hz).unwrap();
+        let mut held = None;
+        let mut out = Vec::new();
+        for &s in x {
+            if let Some(p) = d.push(s) {
+                out.push((p, held));
+            }
+            held = d.provisional();
+        }
+        out
+    }
+
+    #[test]
+    fn every_beat_is_provisional_first_at_the_index_it_is_confirmed_at() {
+        for fs in [250.0, 360.0, 1000.0] {
+            let mut rng = Rng::new(41);
+            let truth = r_times(60, 0.85, 0.15, &mut rng);
+            let beats = vec![Beat::default(); truth.len()];
+            let x = ecg(fs, 53.0, &truth, &beats, 0.02, &mut rng);
+            let reference: Vec<RPeak> = run(&x, fs);
+            let with = run_provisional(&x, fs);
+            // Asking changes nothing: the same beats, confirmed on the same samples.
+            let confirmed: Vec<RPeak> = with.iter().map(|(p, _)| *p).collect();
+            assert_eq!(confirmed, reference[..confirmed.len()]);
+            // finish() flushes at most the one beat still held.
+            assert!(reference.len() - confirmed.len() <= 1);
+            for (p, held) in &with {
+                let held = held.unwrap_or_else(|| panic!("fs {fs}: {p:?} came unannounced"));
+                assert_eq!(held.index, p.index, "fs {fs}: {p:?}");
+                // Known at least a tenth of a second before the confirmation.
+                assert!(
+                    (p.confirmed_at - held.announced_at) as f64 >= 0.1 * fs,
+                    "fs {fs}: announced at {}, confirmed at {}",
+                    held.announced_at,
+                    p.confirmed_at
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_is_provisional_before_a_beat_or_on_flat_input() {
+        let mut d = QrsDetector::new(500.0).unwrap();
+        assert_eq!(d.provisional(), None);
+        for _ in 0..10_000 {
+            d.push(0.0);
+            assert_eq!(d.provisional(), None);
+        }
+    }
+
+    #[test]
+    fn a_t_wave_candidate_is_never_provisional() {
+        // Tall T waves are candidates the rules reject: they must not be announced either.
+        let fs = 360.0;
+        let mut rng = Rng::new(11);
+        let truth = r_times(60, 0.9, 0.1, &mut rng);
+        let tall_t = Beat {
+            r_mv: 1.0,
+            t_mv: 0.9,
+            t_sigma_s: 0.04,
+        };
+        let x = ecg(fs, 56.0, &truth, &vec![tall_t; truth.len()], 0.02, &mut rng);
+        let confirmed: Vec<u64> = run(&x, fs).iter().map(|p| p.index).collect();
+        let mut d = QrsDetector::new(fs).unwrap();
+        // From the first beat on: before it the start-up rules are still learning the levels.
+        let mut announced = vec![confirmed[0]];
+        for &s in &x {
+            d.push(s);
+            if let Some(p) = d.provisional()
+                && p.index > confirmed[0]
+                && announced.last() != Some(&p.index)
+            {
+                announced.push(p.index);
+            }
+        }
+        assert_eq!(announced[..confirmed.len()], confirmed[..]);
+        assert!(announced.len() <= confirmed.len() + 1, "{announced:?}");
     }
 
     #[test]
