@@ -746,9 +746,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ignores_tall_t_waves() {
-        let fs = 360.0;
+    /// A minute of beats whose T waves are 90 % as tall as their R waves: the R times and
+    /// the signal at `fs`.
+    fn tall_t_waves(fs: f64) -> (Vec<f64>, Vec<f32>) {
         let mut rng = Rng::new(11);
         let truth = r_times(60, 0.9, 0.1, &mut rng);
         let tall_t = Beat {
@@ -757,6 +757,13 @@ mod tests {
             t_sigma_s: 0.04,
         };
         let x = ecg(fs, 56.0, &truth, &vec![tall_t; truth.len()], 0.02, &mut rng);
+        (truth, x)
+    }
+
+    #[test]
+    fn ignores_tall_t_waves() {
+        let fs = 360.0;
+        let (truth, x) = tall_t_waves(fs);
         let (_, fp, missed, _) = compare(&run(&x, fs), &truth, fs);
         assert_eq!((fp, missed), (0, 0));
     }
@@ -1022,14 +1029,7 @@ mod tests {
     fn a_t_wave_candidate_is_never_provisional() {
         // Tall T waves are candidates the rules reject: they must not be announced either.
         let fs = 360.0;
-        let mut rng = Rng::new(11);
-        let truth = r_times(60, 0.9, 0.1, &mut rng);
-        let tall_t = Beat {
-            r_mv: 1.0,
-            t_mv: 0.9,
-            t_sigma_s: 0.04,
-        };
-        let x = ecg(fs, 56.0, &truth, &vec![tall_t; truth.len()], 0.02, &mut rng);
+        let (_, x) = tall_t_waves(fs);
         let confirmed: Vec<u64> = run(&x, fs).iter().map(|p| p.index).collect();
         let mut d = QrsDetector::new(fs).unwrap();
         // From the first beat on: before it the start-up rules are still learning the levels.

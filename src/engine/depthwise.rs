@@ -827,20 +827,8 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<Substitution> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::test_values as values;
     use tract_linalg::multithread::{Executor, multithread_tract_scope};
-
-    /// Deterministic values in [-1, 1) (xorshift), so a failure reproduces.
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// The definition, one output point at a time, with the padding as bounds checks.
     fn reference(g: &Geometry, input: &[f32], weights: &[f32], bias: &[f32]) -> Vec<f32> {

@@ -158,3 +158,18 @@ pub fn select(
 pub fn open(bundle: &Bundle, kind: EngineKind) -> Result<Box<dyn Engine>, EngineError> {
     Ok(select(bundle, kind, &TrtOptions::for_bundle(bundle))?.engine)
 }
+
+/// Deterministic values in [-1, 1) (xorshift), for the kernels' unit tests, so a failure
+/// reproduces.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
