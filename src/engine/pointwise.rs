@@ -8,10 +8,10 @@
 //! `o` and spatial points `p`. In an EfficientNet block every one of them is followed by a
 //! bias and then either a SiLU (the expansion) or, in most blocks, the residual addition
 //! (the projection), and the projection's input is the squeeze-excitation product
-//! `x[i][p] * s[i]`. tract runs each of those as its own pass over memory; this op folds them
-//! into the product: the scale while it copies a panel of `x`, the bias as the accumulators'
-//! start, the SiLU or the residual while the finished tile is still in registers. On a
-//! 288-pixel EfficientNet-b2 that removes four passes over most activations.
+//! `x[i][p] * s[i]`. tract folds the additions into its matrix product but runs the SiLU and
+//! the scale as passes of their own over memory; this op folds all of them into the product:
+//! the scale while it copies a panel of `x`, the bias as the accumulators' start, the SiLU or
+//! the residual while the finished tile is still in registers.
 //!
 //! The product is blocked as in GotoBLAS: the weights are packed once, at plan time, into
 //! panels of [`MR`] output channels (`[k][MR]`, so each step reads them in order); at run time a
@@ -141,8 +141,9 @@ pub struct PointwiseConv {
     /// Whether `x` is multiplied by a per-channel scale (a second input) on the way in.
     pub scaled: bool,
     /// The tile kernel, fixed when the op is built so that a plan computes the same values
-    /// on every run.
-    pub kernel: Kernel,
+    /// on every run. Private: `new` accepts only a kernel this CPU runs, and the unsafe
+    /// calls into it rely on that.
+    kernel: Kernel,
     /// The weights packed in panels of [`MR`] output channels, `[panel][input][MR]`, padded
     /// with zero rows: shared, since tract clones ops while optimising.
     packed: Arc<[f32]>,
@@ -221,6 +222,11 @@ impl PointwiseConv {
             packed: packed.into(),
             bias: padded_bias.into(),
         })
+    }
+
+    /// The kernel computing the tiles.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// Runs the op on one or more images: `x` is `[N, inputs, H, W]`, `scale` `[N, inputs]`
@@ -773,20 +779,8 @@ pub fn substitute(model: &mut TypedModel, kernel: Kernel) -> TractResult<Substit
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::test_values as values;
     use tract_linalg::multithread::{Executor, multithread_tract_scope};
-
-    /// Deterministic values in [-1, 1) (xorshift), so a failure reproduces.
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// The definition in f64, one output value at a time, with every fused step separate.
     fn reference(
