@@ -603,7 +603,10 @@ fn finish_plane(plane: &mut [f32], silu: bool, sum: bool) -> f32 {
         return 0.0;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
         return unsafe { finish_avx512(plane, silu) };
     }

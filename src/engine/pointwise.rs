@@ -692,10 +692,13 @@ fn find(model: &TypedModel, node: &TypedNode, kernel: Kernel) -> Option<Found> {
     let mut bias = Vec::new();
     if let Some(add) = sole_consumer(model, last).filter(|n| is_bin::<Add>(n)) {
         let other = add.inputs.iter().find(|o| o.node != last.id)?;
-        if let Some(b) = constant(model, *other)
-            && b.len() == outputs
-            && shape(model, *other)?.iter().product::<usize>() == outputs
-        {
+        // Only a per-channel constant: `[1, outputs, 1, 1]` (or without the batch axis).
+        // Another shape with as many values would broadcast along another axis.
+        let per_channel = matches!(
+            shape(model, *other).as_deref(),
+            Some([1, c, 1, 1]) | Some([c, 1, 1]) if *c == outputs
+        );
+        if per_channel && let Some(b) = constant(model, *other) {
             bias = b;
             last = add;
         }
