@@ -1,7 +1,8 @@
 //! echoview's own ops in the real encoders: the depthwise convolution (`engine::depthwise`)
 //! replaces every depthwise convolution of the committed bundles and the fused 1x1
 //! convolution (`engine::pointwise`) every 1x1 convolution on a plane, the features match
-//! tract's own to float reassociation, and the bundles' self-tests still pass.
+//! tract's own to float reassociation, and the bundles' self-tests still pass; on small
+//! graphs, the pointwise op takes in only the neighbours nothing else reads.
 
 use std::path::Path;
 
@@ -159,4 +160,150 @@ fn demo_bundle_features_match_tract_and_pass_the_self_test() {
 #[test]
 fn bench_bundle_features_match_tract_and_pass_the_self_test() {
     check("models/bench-b2-288");
+}
+
+/// A small graph built as tract's decluttering leaves an EfficientNet's 1x1 convolutions:
+/// input `x` `[1, 4, 8, 8]`, optionally scaled by a second input `s` `[1, 4, 1, 1]`, then the
+/// `NIHW,OI->NOHW` einsum with 8 output channels, an addition of `bias`, then `tail`.
+enum Tail {
+    /// A SiLU.
+    Silu,
+    /// A SiLU, with the biased values also a model output (so nothing may skip them).
+    SiluAndBiasedOut,
+    /// Addition of a third input `r` `[1, 8, 8, 8]`.
+    Residual,
+    /// Nothing.
+    None,
+}
+
+/// Builds the graph; `bias_shape` is `[1, 8, 1, 1]` for a real bias.
+fn graph(scaled: bool, bias_shape: &[usize], tail: Tail) -> TypedModel {
+    use tract_onnx::tract_core::ops::{einsum::EinSum, math, nn};
+    let mut m = TypedModel::default();
+    let mut x = m.add_source("x", f32::fact([1, 4, 8, 8])).expect("source");
+    if scaled {
+        let s = m.add_source("s", f32::fact([1, 4, 1, 1])).expect("source");
+        x = m.wire_node("scale", math::mul(), &[x, s]).expect("mul")[0];
+    }
+    let w = Tensor::from_shape(&[8, 4], &image(32)).expect("weights");
+    let w = m.add_const("w", w).expect("const");
+    let axes = "NIHW,OI->NOHW".parse().expect("axes");
+    let y = m
+        .wire_node("conv", EinSum::new(axes, f32::datum_type()), &[x, w])
+        .expect("einsum")[0];
+    let b = Tensor::from_shape(bias_shape, &image(8)[..bias_shape.iter().product()]).expect("bias");
+    let b = m.add_const("bias", b).expect("const");
+    let biased = m.wire_node("biased", math::add(), &[y, b]).expect("add")[0];
+    let outputs = match tail {
+        Tail::None => vec![biased],
+        Tail::Silu => vec![
+            m.wire_node("silu", nn::silu::silu(), &[biased])
+                .expect("silu")[0],
+        ],
+        Tail::SiluAndBiasedOut => {
+            let z = m
+                .wire_node("silu", nn::silu::silu(), &[biased])
+                .expect("silu")[0];
+            vec![z, biased]
+        }
+        Tail::Residual => {
+            let r = m.add_source("r", f32::fact([1, 8, 8, 8])).expect("source");
+            vec![
+                m.wire_node("residual", math::add(), &[biased, r])
+                    .expect("add")[0],
+            ]
+        }
+    };
+    m.select_output_outlets(&outputs).expect("outputs");
+    m
+}
+
+/// Runs `model` optimised on deterministic inputs, one per source.
+fn outputs(model: TypedModel) -> Vec<Vec<f32>> {
+    let inputs: TVec<TValue> = model
+        .input_outlets()
+        .expect("inputs")
+        .iter()
+        .map(|o| {
+            let shape = model
+                .outlet_fact(*o)
+                .expect("fact")
+                .shape
+                .as_concrete()
+                .expect("shape")
+                .to_vec();
+            let n = shape.iter().product();
+            Tensor::from_shape(&shape, &image(n))
+                .expect("input")
+                .into_tvalue()
+        })
+        .collect();
+    let plan = model
+        .into_optimized()
+        .expect("optimises")
+        .into_runnable()
+        .expect("plan");
+    plan.run(inputs)
+        .expect("runs")
+        .iter()
+        .map(|t| {
+            t.try_as_plain_ram()
+                .expect("plain")
+                .as_slice::<f32>()
+                .expect("f32")
+                .to_vec()
+        })
+        .collect()
+}
+
+/// The pointwise op takes in exactly what it may: a per-channel bias, a SiLU or a residual no
+/// one else reads, the squeeze-excitation scale; whatever it leaves, tract computes, and the
+/// outputs equal tract's own in every case.
+#[test]
+fn pointwise_fuses_only_what_nothing_else_reads() {
+    let per_channel = [1, 8, 1, 1];
+    // (scaled, bias shape, tail, expected fusions: bias taken, silu, residual, scale)
+    let cases: [(bool, &[usize], Tail, (bool, usize, usize, usize)); 6] = [
+        (false, &per_channel, Tail::Silu, (true, 1, 0, 0)),
+        (true, &per_channel, Tail::Residual, (true, 0, 1, 1)),
+        (false, &per_channel, Tail::None, (true, 0, 0, 0)),
+        // The biased values are an output: the SiLU must not swallow them.
+        (false, &per_channel, Tail::SiluAndBiasedOut, (true, 0, 0, 0)),
+        // As many values as channels, but along the width: not a bias.
+        (false, &[1, 1, 1, 8], Tail::Silu, (false, 0, 0, 0)),
+        (true, &[1, 1, 1, 8], Tail::Residual, (false, 0, 0, 1)),
+    ];
+    for (i, (scaled, bias_shape, tail, (bias, silu, residual, scale))) in
+        cases.into_iter().enumerate()
+    {
+        let expected = outputs(graph(scaled, bias_shape, tail_copy(&tail)));
+        let mut model = graph(scaled, bias_shape, tail);
+        let done =
+            pointwise::substitute(&mut model, pointwise::Kernel::best()).expect("substitutes");
+        assert_eq!(done.replaced, 1, "case {i}");
+        assert_eq!(
+            (done.fused_silu, done.fused_residual, done.fused_scale),
+            (silu, residual, scale),
+            "case {i}: {done:?}"
+        );
+        // A bias taken in leaves no addition of a constant behind.
+        let adds_left = model.nodes().iter().filter(|n| n.name == "biased").count();
+        assert_eq!(adds_left == 0, bias, "case {i}: bias taken in");
+        let got = outputs(model);
+        assert_eq!(got.len(), expected.len(), "case {i}");
+        for (a, b) in got.iter().zip(&expected) {
+            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= 1e-5, "case {i}: outputs differ by {diff}");
+        }
+    }
+}
+
+/// `Tail` is built twice per case (once for tract alone).
+fn tail_copy(t: &Tail) -> Tail {
+    match t {
+        Tail::Silu => Tail::Silu,
+        Tail::SiluAndBiasedOut => Tail::SiluAndBiasedOut,
+        Tail::Residual => Tail::Residual,
+        Tail::None => Tail::None,
+    }
 }
