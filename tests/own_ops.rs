@@ -165,6 +165,7 @@ fn bench_bundle_features_match_tract_and_pass_the_self_test() {
 /// A small graph built as tract's decluttering leaves an EfficientNet's 1x1 convolutions:
 /// input `x` `[1, 4, 8, 8]`, optionally scaled by a second input `s` `[1, 4, 1, 1]`, then the
 /// `NIHW,OI->NOHW` einsum with 8 output channels, an addition of `bias`, then `tail`.
+#[derive(Debug, Clone, Copy)]
 enum Tail {
     /// A SiLU.
     Silu,
@@ -261,49 +262,54 @@ fn outputs(model: TypedModel) -> Vec<Vec<f32>> {
 /// outputs equal tract's own in every case.
 #[test]
 fn pointwise_fuses_only_what_nothing_else_reads() {
-    let per_channel = [1, 8, 1, 1];
-    // (scaled, bias shape, tail, expected fusions: bias taken, silu, residual, scale)
-    let cases: [(bool, &[usize], Tail, (bool, usize, usize, usize)); 6] = [
-        (false, &per_channel, Tail::Silu, (true, 1, 0, 0)),
-        (true, &per_channel, Tail::Residual, (true, 0, 1, 1)),
-        (false, &per_channel, Tail::None, (true, 0, 0, 0)),
+    /// One graph and what the op must take in from it.
+    struct Case {
+        scaled: bool,
+        bias_shape: &'static [usize],
+        tail: Tail,
+        /// The bias addition is taken in.
+        bias: bool,
+        /// `Substitution`'s fused_silu, fused_residual, fused_scale.
+        fused: (usize, usize, usize),
+    }
+    const PER_CHANNEL: &[usize] = &[1, 8, 1, 1];
+    // As many values as channels, but along the width: not a bias.
+    const ALONG_WIDTH: &[usize] = &[1, 1, 1, 8];
+    let case = |scaled, bias_shape, tail, bias, fused| Case {
+        scaled,
+        bias_shape,
+        tail,
+        bias,
+        fused,
+    };
+    let cases = [
+        case(false, PER_CHANNEL, Tail::Silu, true, (1, 0, 0)),
+        case(true, PER_CHANNEL, Tail::Residual, true, (0, 1, 1)),
+        case(false, PER_CHANNEL, Tail::None, true, (0, 0, 0)),
         // The biased values are an output: the SiLU must not swallow them.
-        (false, &per_channel, Tail::SiluAndBiasedOut, (true, 0, 0, 0)),
-        // As many values as channels, but along the width: not a bias.
-        (false, &[1, 1, 1, 8], Tail::Silu, (false, 0, 0, 0)),
-        (true, &[1, 1, 1, 8], Tail::Residual, (false, 0, 0, 1)),
+        case(false, PER_CHANNEL, Tail::SiluAndBiasedOut, true, (0, 0, 0)),
+        case(false, ALONG_WIDTH, Tail::Silu, false, (0, 0, 0)),
+        case(true, ALONG_WIDTH, Tail::Residual, false, (0, 0, 1)),
     ];
-    for (i, (scaled, bias_shape, tail, (bias, silu, residual, scale))) in
-        cases.into_iter().enumerate()
-    {
-        let expected = outputs(graph(scaled, bias_shape, tail_copy(&tail)));
-        let mut model = graph(scaled, bias_shape, tail);
+    for (i, c) in cases.iter().enumerate() {
+        let expected = outputs(graph(c.scaled, c.bias_shape, c.tail));
+        let mut model = graph(c.scaled, c.bias_shape, c.tail);
         let done =
             pointwise::substitute(&mut model, pointwise::Kernel::best()).expect("substitutes");
         assert_eq!(done.replaced, 1, "case {i}");
         assert_eq!(
             (done.fused_silu, done.fused_residual, done.fused_scale),
-            (silu, residual, scale),
+            c.fused,
             "case {i}: {done:?}"
         );
         // A bias taken in leaves no addition of a constant behind.
         let adds_left = model.nodes().iter().filter(|n| n.name == "biased").count();
-        assert_eq!(adds_left == 0, bias, "case {i}: bias taken in");
+        assert_eq!(adds_left == 0, c.bias, "case {i}: bias taken in");
         let got = outputs(model);
         assert_eq!(got.len(), expected.len(), "case {i}");
         for (a, b) in got.iter().zip(&expected) {
             let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
             assert!(diff <= 1e-5, "case {i}: outputs differ by {diff}");
         }
-    }
-}
-
-/// `Tail` is built twice per case (once for tract alone).
-fn tail_copy(t: &Tail) -> Tail {
-    match t {
-        Tail::Silu => Tail::Silu,
-        Tail::SiluAndBiasedOut => Tail::SiluAndBiasedOut,
-        Tail::Residual => Tail::Residual,
-        Tail::None => Tail::None,
     }
 }
