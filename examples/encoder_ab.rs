@@ -1,5 +1,6 @@
 //! Encoder per frame with tract's own convolutions, with echoview's depthwise op
-//! (`engine::depthwise`), and with both of echoview's ops (`engine::pointwise` too),
+//! (`engine::depthwise`), with its 1x1 op too (`engine::pointwise`), and with its
+//! squeeze-excitation op as well (`engine::squeeze`),
 //! interleaved in one process, plus a per-op profile of each plan and the largest difference
 //! between their features and tract's.
 //!
@@ -13,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use echoview::bundle::Bundle;
-use echoview::engine::{self, depthwise, pointwise};
+use echoview::engine::{self, depthwise, pointwise, squeeze};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core;
 
@@ -24,6 +25,8 @@ struct Ops {
     depthwise: bool,
     /// `engine::pointwise`, with this kernel.
     pointwise: Option<pointwise::Kernel>,
+    /// `engine::squeeze`.
+    squeeze: bool,
 }
 
 /// One encoder plan, as `TractEngine` builds it (fixed input shape, optimised).
@@ -38,7 +41,7 @@ fn plan(bundle: &Bundle, ops: Ops) -> anyhow::Result<TypedSimpleState> {
     ];
     model.set_input_fact(0, f32::fact(shape).into())?;
     let mut typed = model.into_typed()?;
-    if ops.depthwise || ops.pointwise.is_some() {
+    if ops.depthwise || ops.pointwise.is_some() || ops.squeeze {
         depthwise::declutter_keeping_layout(&mut typed)?;
     }
     if ops.depthwise {
@@ -51,6 +54,9 @@ fn plan(bundle: &Bundle, ops: Ops) -> anyhow::Result<TypedSimpleState> {
     if let Some(kernel) = ops.pointwise {
         let s = pointwise::substitute(&mut typed, kernel)?;
         println!("pointwise ({kernel:?} kernel): {s:?}");
+    }
+    if ops.squeeze {
+        println!("squeeze-excitation: {:?}", squeeze::substitute(&mut typed)?);
     }
     let plan = typed.into_optimized()?.into_runnable()?;
     TypedSimpleState::new(&plan)
@@ -111,28 +117,16 @@ fn main() -> anyhow::Result<()> {
     }
     engine::set_threads(threads);
     let bundle = Bundle::load(dir.as_ref())?;
+    let ops = |depthwise, pointwise, squeeze| Ops {
+        depthwise,
+        pointwise,
+        squeeze,
+    };
     let configs = [
-        (
-            "tract",
-            Ops {
-                depthwise: false,
-                pointwise: None,
-            },
-        ),
-        (
-            "+depthwise",
-            Ops {
-                depthwise: true,
-                pointwise: None,
-            },
-        ),
-        (
-            "+depthwise+pointwise",
-            Ops {
-                depthwise: true,
-                pointwise: Some(kernel),
-            },
-        ),
+        ("tract", ops(false, None, false)),
+        ("+depthwise", ops(true, None, false)),
+        ("+depthwise+pointwise", ops(true, Some(kernel), false)),
+        ("+all three", ops(true, Some(kernel), true)),
     ];
     let mut plans = Vec::new();
     for (label, ops) in configs {

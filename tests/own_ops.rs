@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use echoview::bundle::Bundle;
-use echoview::engine::{Engine, TractEngine, TractOptions, depthwise, pointwise};
+use echoview::engine::{Engine, TractEngine, TractOptions, depthwise, pointwise, squeeze};
 use echoview::selftest;
 use tract_onnx::prelude::*;
 
@@ -35,6 +35,8 @@ struct Substitutions {
     pointwise: usize,
     /// What `pointwise::substitute` did.
     own_pointwise: pointwise::Substitution,
+    /// What `squeeze::substitute` did.
+    own_squeeze: squeeze::Substitution,
 }
 
 /// Runs both substitutions on the bundle's encoder, as the engine does, and optimises.
@@ -76,6 +78,7 @@ fn substitution(bundle: &Bundle) -> Substitutions {
         .count();
     let own_pointwise =
         pointwise::substitute(&mut typed, pointwise::Kernel::best()).expect("substitutes");
+    let own_squeeze = squeeze::substitute(&mut typed).expect("substitutes");
     typed
         .into_optimized()
         .expect("optimises with the ops in place");
@@ -84,6 +87,7 @@ fn substitution(bundle: &Bundle) -> Substitutions {
         own_depthwise,
         pointwise,
         own_pointwise,
+        own_squeeze,
     }
 }
 
@@ -116,11 +120,19 @@ fn check(dir: &str) {
         "{dir}: {p:?}"
     );
 
+    // Every block of an EfficientNet has a squeeze-excitation, after its depthwise convolution.
+    assert_eq!(
+        s.own_squeeze.replaced, s.depthwise,
+        "{dir}: {:?}",
+        s.own_squeeze
+    );
+
     let mut own = TractEngine::load_with(
         &bundle,
         TractOptions {
             own_depthwise: true,
             own_pointwise: true,
+            own_squeeze_excitation: true,
         },
     )
     .expect("loads with our ops");
@@ -129,6 +141,7 @@ fn check(dir: &str) {
         TractOptions {
             own_depthwise: false,
             own_pointwise: false,
+            own_squeeze_excitation: false,
         },
     )
     .expect("loads with tract's");

@@ -13,6 +13,7 @@ mod fusion;
 pub mod mul_add;
 pub mod pointwise;
 pub mod silu;
+pub mod squeeze;
 pub mod tensorrt;
 mod tract;
 

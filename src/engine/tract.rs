@@ -9,7 +9,7 @@ use std::path::Path;
 
 use tract_onnx::prelude::*;
 
-use super::{Engine, EngineError, HeadOutput, depthwise, pointwise};
+use super::{Engine, EngineError, HeadOutput, depthwise, pointwise, squeeze};
 use crate::bundle::Bundle;
 
 type Plan = TypedSimpleState;
@@ -39,6 +39,10 @@ pub struct TractOptions {
     /// products. On by default where this CPU has the op's fast kernel
     /// ([`pointwise::fast_kernel`]); off measures tract's own.
     pub own_pointwise: bool,
+    /// Run each squeeze-excitation chain (mean, two 1x1 convolutions on one point, SiLU,
+    /// sigmoid) as one [`squeeze`] op instead of a dozen tract nodes that each allocate their
+    /// output every frame (on by default).
+    pub own_squeeze_excitation: bool,
 }
 
 impl Default for TractOptions {
@@ -46,6 +50,7 @@ impl Default for TractOptions {
         TractOptions {
             own_depthwise: true,
             own_pointwise: pointwise::fast_kernel(),
+            own_squeeze_excitation: true,
         }
     }
 }
@@ -210,7 +215,7 @@ fn load_plan(
     // and optimisation (which would lower the convolutions to tract's kernels);
     // `into_optimized` declutters first, so tract alone gets exactly its own pipeline.
     let mut typed = model.into_typed().map_err(|e| load(format!("{e:#}")))?;
-    if options.own_depthwise || options.own_pointwise {
+    if options.own_depthwise || options.own_pointwise || options.own_squeeze_excitation {
         depthwise::declutter_keeping_layout(&mut typed).map_err(|e| load(format!("{e:#}")))?;
     }
     if options.own_depthwise {
@@ -219,6 +224,9 @@ fn load_plan(
     if options.own_pointwise {
         pointwise::substitute(&mut typed, pointwise::Kernel::best())
             .map_err(|e| load(format!("{e:#}")))?;
+    }
+    if options.own_squeeze_excitation {
+        squeeze::substitute(&mut typed).map_err(|e| load(format!("{e:#}")))?;
     }
     let typed = typed.into_optimized().map_err(|e| load(format!("{e:#}")))?;
     for (i, (name, expected)) in outputs.iter().enumerate() {
