@@ -34,6 +34,7 @@ use super::mul_add::Fused;
 use super::mul_add::MulAdd;
 #[cfg(not(target_arch = "aarch64"))]
 use super::mul_add::Plain;
+use super::reuse::{self, IntoOutputs};
 
 /// Why a convolution stays tract's: the cases this op does not cover.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -563,27 +564,47 @@ impl DepthwiseConv {
         let sums = sums.map(|s| PlaneSums(s.as_mut_ptr()));
         let work = output.len() * g.taps();
         tract_linalg::multithread::par_chunks_mut(output, op, work, |first, chunk| {
-            let mut scratch = Vec::new();
-            for (i, out) in chunk.chunks_exact_mut(op).enumerate() {
-                let plane = first + i;
-                let c = plane % g.channels;
-                g.plane(
-                    &input[plane * ip..][..ip],
-                    &self.weights[c * g.taps()..][..g.taps()],
-                    self.bias[c],
-                    out,
-                    &mut scratch,
-                );
-                let sum = finish_plane(out, self.silu, sums.is_some());
-                if let Some(sums) = &sums {
-                    // SAFETY: `sums` holds one value per plane (checked above), and each
-                    // plane is in exactly one chunk, so no two threads write the same value.
-                    unsafe { sums.0.add(plane).write(sum) };
-                }
-            }
+            SCRATCH.with_borrow_mut(|scratch| self.planes(input, first, chunk, &sums, scratch));
             Ok(())
         })
     }
+
+    /// Computes the output planes in `chunk`, the first of them plane `first`, with
+    /// `scratch` for the padded copies.
+    fn planes(
+        &self,
+        input: &[f32],
+        first: usize,
+        chunk: &mut [f32],
+        sums: &Option<PlaneSums>,
+        scratch: &mut Vec<f32>,
+    ) {
+        let g = self.geometry;
+        let (ip, op) = (g.in_plane(), g.out_plane());
+        for (i, out) in chunk.chunks_exact_mut(op).enumerate() {
+            let plane = first + i;
+            let c = plane % g.channels;
+            g.plane(
+                &input[plane * ip..][..ip],
+                &self.weights[c * g.taps()..][..g.taps()],
+                self.bias[c],
+                out,
+                scratch,
+            );
+            let sum = finish_plane(out, self.silu, sums.is_some());
+            if let Some(sums) = &sums {
+                // SAFETY: `sums` holds one value per plane (checked above), and each
+                // plane is in exactly one chunk, so no two threads write the same value.
+                unsafe { sums.0.add(plane).write(sum) };
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's buffer for the padded copy of a plane: grown once to the largest, then
+    /// reused, so steady-state frames allocate nothing here.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where [`DepthwiseConv::run`]'s threads write the plane sums: a raw pointer, because each
@@ -682,7 +703,18 @@ impl EvalOp for DepthwiseConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let [x] = &inputs[..] else {
+        reuse::eval_fresh(self, &inputs)
+    }
+
+    /// In a plan the op writes into the same output tensors every run ([`reuse`]).
+    fn state(&self, _ctx: &EvalContext) -> TractResult<Option<Box<dyn OpState>>> {
+        Ok(Some(Box::new(reuse::Reused::<DepthwiseConv>::new())))
+    }
+}
+
+impl IntoOutputs for DepthwiseConv {
+    fn output_shapes(&self, inputs: &[TValue]) -> TractResult<TVec<TVec<usize>>> {
+        let [x] = inputs else {
             bail!(
                 "depthwise convolution takes one input, got {}",
                 inputs.len()
@@ -696,24 +728,31 @@ impl EvalOp for DepthwiseConv {
         if (c, h, w) != (g.channels, g.in_h, g.in_w) {
             bail!("depthwise convolution {g:?} got input {shape:?}");
         }
-        // SAFETY: f32 has no invalid bit patterns, and `run` writes every value of both.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, c, g.out_h, g.out_w])? };
-        let mut sums = unsafe { Tensor::uninitialized::<f32>(&[n, c, 1, 1])? };
-        let input = x.try_as_plain_ram()?.as_slice::<f32>()?;
-        {
-            let mut view = output.try_as_plain_ram_mut()?;
-            let mut sums_view = sums.try_as_plain_ram_mut()?;
-            let sums_slice = if self.channel_sums {
-                Some(sums_view.as_slice_mut::<f32>()?)
-            } else {
-                None
-            };
-            self.run(input, view.as_slice_mut::<f32>()?, sums_slice)?;
-        }
-        if self.channel_sums {
-            Ok(tvec!(output.into_tvalue(), sums.into_tvalue()))
+        let output = tvec!(n, c, g.out_h, g.out_w);
+        Ok(if self.channel_sums {
+            tvec!(output, tvec!(n, c, 1, 1))
         } else {
-            Ok(tvec!(output.into_tvalue()))
+            tvec!(output)
+        })
+    }
+
+    fn compute(&self, inputs: &[TValue], outputs: &mut [&mut Tensor]) -> TractResult<()> {
+        let ([x], [output, rest @ ..]) = (inputs, outputs) else {
+            bail!("depthwise convolution takes one input and has an output");
+        };
+        let input = x.try_as_plain_ram()?.as_slice::<f32>()?;
+        let mut view = output.try_as_plain_ram_mut()?;
+        match rest {
+            [] => self.run(input, view.as_slice_mut::<f32>()?, None),
+            [sums] => {
+                let mut sums_view = sums.try_as_plain_ram_mut()?;
+                self.run(
+                    input,
+                    view.as_slice_mut::<f32>()?,
+                    Some(sums_view.as_slice_mut::<f32>()?),
+                )
+            }
+            _ => bail!("depthwise convolution has at most two outputs"),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod depthwise;
 mod fusion;
 pub mod mul_add;
 pub mod pointwise;
+pub mod reuse;
 pub mod silu;
 pub mod squeeze;
 pub mod tensorrt;

@@ -40,6 +40,7 @@ use tract_onnx::tract_core::ops::math::{Add, Mul};
 
 use super::fusion::{constant, is_bin, is_silu, shape, sole_consumer};
 use super::mul_add::MulAdd;
+use super::reuse::{self, IntoOutputs};
 use super::silu;
 
 /// Output channels per register tile.
@@ -579,6 +580,17 @@ impl EvalOp for PointwiseConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        reuse::eval_fresh(self, &inputs)
+    }
+
+    /// In a plan the op writes into the same output tensor every run ([`reuse`]).
+    fn state(&self, _ctx: &EvalContext) -> TractResult<Option<Box<dyn OpState>>> {
+        Ok(Some(Box::new(reuse::Reused::<PointwiseConv>::new())))
+    }
+}
+
+impl IntoOutputs for PointwiseConv {
+    fn output_shapes(&self, inputs: &[TValue]) -> TractResult<TVec<TVec<usize>>> {
         let expected = 1 + self.scaled as usize + (self.epilogue == Epilogue::Residual) as usize;
         if inputs.len() != expected {
             bail!(
@@ -594,20 +606,22 @@ impl EvalOp for PointwiseConv {
         if (c, h, w) != (g.inputs, g.height, g.width) {
             bail!("pointwise convolution {g:?} got input {shape:?}");
         }
+        Ok(tvec!(tvec!(n, g.outputs, h, w)))
+    }
+
+    fn compute(&self, inputs: &[TValue], outputs: &mut [&mut Tensor]) -> TractResult<()> {
+        let [output] = outputs else {
+            bail!("pointwise convolution has one output");
+        };
         let slice = |i: usize| -> TractResult<&[f32]> { inputs[i].try_as_plain_ram()?.as_slice() };
         let x = slice(0)?;
         let scale = if self.scaled { Some(slice(1)?) } else { None };
         let residual = match self.epilogue {
-            Epilogue::Residual => Some(slice(expected - 1)?),
+            Epilogue::Residual => Some(slice(inputs.len() - 1)?),
             _ => None,
         };
-        // SAFETY: f32 has no invalid bit patterns, and `run` writes every output value.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, g.outputs, h, w])? };
-        {
-            let mut view = output.try_as_plain_ram_mut()?;
-            self.run(x, scale, residual, view.as_slice_mut::<f32>()?)?;
-        }
-        Ok(tvec!(output.into_tvalue()))
+        let mut view = output.try_as_plain_ram_mut()?;
+        self.run(x, scale, residual, view.as_slice_mut::<f32>()?)
     }
 }
 

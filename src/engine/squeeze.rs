@@ -22,6 +22,7 @@ use tract_onnx::tract_core::ops::nn::Sigmoid;
 
 use super::fusion::{constant, is_bin, is_silu, shape, sole_consumer};
 use super::mul_add::MulAdd;
+use super::reuse::{self, IntoOutputs};
 use super::silu;
 
 /// A squeeze-excitation block from channel sums to channel scales, as a tract op.
@@ -205,23 +206,35 @@ impl EvalOp for SqueezeExcite {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let [sums] = &inputs[..] else {
+        reuse::eval_fresh(self, &inputs)
+    }
+
+    /// In a plan the op writes into the same output tensor every run ([`reuse`]).
+    fn state(&self, _ctx: &EvalContext) -> TractResult<Option<Box<dyn OpState>>> {
+        Ok(Some(Box::new(reuse::Reused::<SqueezeExcite>::new())))
+    }
+}
+
+impl IntoOutputs for SqueezeExcite {
+    fn output_shapes(&self, inputs: &[TValue]) -> TractResult<TVec<TVec<usize>>> {
+        let [sums] = inputs else {
             bail!("squeeze-excitation takes one input, got {}", inputs.len());
         };
-        let shape = sums.shape().to_vec();
-        // SAFETY: f32 has no invalid bit patterns, and `run` writes every value.
-        let mut scales = unsafe { Tensor::uninitialized::<f32>(&shape)? };
-        // The middle is at most a few hundred values: on the stack up to that.
+        Ok(tvec!(sums.shape().iter().copied().collect()))
+    }
+
+    fn compute(&self, inputs: &[TValue], outputs: &mut [&mut Tensor]) -> TractResult<()> {
+        let ([sums], [scales]) = (inputs, outputs) else {
+            bail!("squeeze-excitation takes one input and has one output");
+        };
+        // The middle is at most a few hundred values: on the stack.
         let mut middle = [0.0f32; MAX_SQUEEZED];
-        {
-            let mut view = scales.try_as_plain_ram_mut()?;
-            self.run(
-                sums.try_as_plain_ram()?.as_slice::<f32>()?,
-                view.as_slice_mut::<f32>()?,
-                &mut middle[..self.squeezed],
-            )?;
-        }
-        Ok(tvec!(scales.into_tvalue()))
+        let mut view = scales.try_as_plain_ram_mut()?;
+        self.run(
+            sums.try_as_plain_ram()?.as_slice::<f32>()?,
+            view.as_slice_mut::<f32>()?,
+            &mut middle[..self.squeezed],
+        )
     }
 }
 
