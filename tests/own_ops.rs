@@ -26,8 +26,12 @@ fn image(n: usize) -> Vec<f32> {
 
 /// What the two substitutions found and did in the bundle's decluttered encoder.
 struct Substitutions {
-    /// Depthwise convolutions in the encoder.
+    /// Depthwise convolutions in the encoder: one filter per input channel (the blocks'),
+    /// or several (the stem's, one grey plane to 32 channels).
     depthwise: usize,
+    /// Of those, the blocks' (as many input as output channels, each read by a
+    /// squeeze-excitation block).
+    blocks: usize,
     /// What `depthwise::substitute` did.
     own_depthwise: depthwise::Substitution,
     /// 1x1 convolutions on planes of at least 48 points (the squeeze-excitation ones work on
@@ -56,12 +60,18 @@ fn substitution(bundle: &Bundle) -> Substitutions {
         .expect("input fact");
     let mut typed = model.into_typed().expect("types");
     depthwise::declutter_keeping_layout(&mut typed).expect("declutters");
-    let depthwise = typed
+    let convs: Vec<_> = typed
         .nodes()
         .iter()
         .filter_map(|n| n.op_as::<tract_onnx::tract_core::ops::cnn::Conv>())
-        .filter(|c| c.group > 1 && c.group == c.pool_spec.input_channels)
-        .count();
+        .filter(|c| {
+            let (i, o) = (c.pool_spec.input_channels, c.pool_spec.output_channels);
+            c.group == i && o.is_multiple_of(i)
+        })
+        .map(|c| c.pool_spec.input_channels == c.pool_spec.output_channels && c.group > 1)
+        .collect();
+    let depthwise = convs.len();
+    let blocks = convs.iter().filter(|block| **block).count();
     let own_depthwise = depthwise::substitute(&mut typed).expect("substitutes");
     let pointwise = typed
         .nodes()
@@ -84,6 +94,7 @@ fn substitution(bundle: &Bundle) -> Substitutions {
         .expect("optimises with the ops in place");
     Substitutions {
         depthwise,
+        blocks,
         own_depthwise,
         pointwise,
         own_pointwise,
@@ -104,12 +115,14 @@ fn check(dir: &str) {
         s.own_depthwise.kept
     );
     assert!(s.pointwise > 0, "{dir} has no 1x1 convolution to test");
-    // Every depthwise convolution of an EfficientNet is followed by a SiLU and read by a
-    // squeeze-excitation block.
+    // Every depthwise convolution of an EfficientNet (the stem too) is followed by a SiLU,
+    // and every block's is read by a squeeze-excitation block.
     let d = &s.own_depthwise;
     assert!(
-        d.fused_silu == d.replaced && d.fused_sums == d.replaced,
-        "{dir}: {d:?}"
+        d.fused_silu == d.replaced && d.fused_sums == s.blocks && s.blocks + 1 == s.depthwise,
+        "{dir}: {d:?}, {} convolutions, {} in blocks",
+        s.depthwise,
+        s.blocks
     );
     let p = &s.own_pointwise;
     assert_eq!(p.replaced, s.pointwise, "{dir}: {p:?}");
@@ -122,7 +135,7 @@ fn check(dir: &str) {
 
     // Every block of an EfficientNet has a squeeze-excitation, after its depthwise convolution.
     assert_eq!(
-        s.own_squeeze.replaced, s.depthwise,
+        s.own_squeeze.replaced, s.blocks,
         "{dir}: {:?}",
         s.own_squeeze
     );

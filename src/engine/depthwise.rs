@@ -74,8 +74,12 @@ pub enum Unsupported {
 /// The shape of one depthwise convolution: everything but the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Geometry {
-    /// Channels (one filter each).
+    /// Output channels (one filter each).
     pub channels: usize,
+    /// Output channels per input channel (ONNX's "depth multiplier"): 1 for the blocks'
+    /// depthwise convolutions; the EfficientNet stem, one grey input plane to 32 channels,
+    /// is 32. Output channel `c` reads input channel `c / multiplier`.
+    pub multiplier: usize,
     /// Kernel height and width, 3 or 5.
     pub kernel: usize,
     /// Stride on both axes, 1 or 2.
@@ -114,6 +118,7 @@ impl Geometry {
         }
         let g = Geometry {
             channels,
+            multiplier: 1,
             kernel,
             stride,
             in_h,
@@ -134,6 +139,18 @@ impl Geometry {
             )));
         }
         Ok(g)
+    }
+
+    /// The same convolution with `multiplier` output channels per input channel; `channels`
+    /// must be a multiple of it.
+    pub fn with_multiplier(self, multiplier: usize) -> Result<Geometry, Unsupported> {
+        if multiplier == 0 || !self.channels.is_multiple_of(multiplier) {
+            return Err(Unsupported::Shape(format!(
+                "{} output channels are not a multiple of {multiplier}",
+                self.channels
+            )));
+        }
+        Ok(Geometry { multiplier, ..self })
     }
 
     /// Height of the padded plane: every row any output row reads.
@@ -442,7 +459,9 @@ impl DepthwiseConv {
         };
         let spec = &conv.pool_spec;
         let (group, inputs, outputs) = (conv.group, spec.input_channels, spec.output_channels);
-        if group < 2 || group != inputs || group != outputs {
+        // One filter per output channel, each reading one input channel: `group ==
+        // inputs`, with a whole number of outputs per input (1 in the blocks).
+        if group != inputs || outputs == 0 || !outputs.is_multiple_of(inputs) {
             return Err(Unsupported::NotDepthwise {
                 group,
                 inputs,
@@ -502,17 +521,18 @@ impl DepthwiseConv {
             return Err(Unsupported::Shape(format!("padding {:?}", spec.padding)));
         };
         let geometry = Geometry::new(
-            c,
+            outputs,
             k[0],
             strides[0],
             (h, w),
             (dy.pad_before, dx.pad_before),
             (dy.convoluted, dx.convoluted),
-        )?;
+        )?
+        .with_multiplier(outputs / c)?;
         let out = model
             .outlet_fact(OutletId::new(node.id, 0))
             .map_err(|e| Unsupported::Shape(format!("{e}")))?;
-        let expected = [shape[0], c, geometry.out_h, geometry.out_w];
+        let expected = [shape[0], outputs, geometry.out_h, geometry.out_w];
         if out.shape.as_concrete() != Some(&expected[..]) {
             return Err(Unsupported::Shape(format!(
                 "tract's output {:?} differs from {expected:?}",
@@ -522,7 +542,7 @@ impl DepthwiseConv {
         let (Some(kernel), Some(bias)) = (kernel.konst.as_ref(), bias.konst.as_ref()) else {
             return Err(Unsupported::NotConstant);
         };
-        if kernel.shape() != [c, 1, k[0], k[1]] {
+        if kernel.shape() != [outputs, 1, k[0], k[1]] {
             return Err(Unsupported::Shape(format!(
                 "kernel shape {:?}",
                 kernel.shape()
@@ -537,9 +557,9 @@ impl DepthwiseConv {
         DepthwiseConv::new(geometry, &kernel, &bias)
     }
 
-    /// Runs the convolution on an `[N, C, H, W]` input into `output` (`[N, C, OH, OW]`), and
-    /// each plane's sum into `sums` (`[N, C]`) when the op has that output, splitting channel
-    /// planes across tract's executor.
+    /// Runs the convolution on an `[N, C / multiplier, H, W]` input into `output`
+    /// (`[N, C, OH, OW]`), and each output plane's sum into `sums` (`[N, C]`) when the op has
+    /// that output, splitting channel planes across tract's executor.
     pub fn run(
         &self,
         input: &[f32],
@@ -548,7 +568,7 @@ impl DepthwiseConv {
     ) -> TractResult<()> {
         let g = self.geometry;
         let (ip, op) = (g.in_plane(), g.out_plane());
-        let planes = input.len() / ip;
+        let planes = input.len() / ip * g.multiplier;
         if !input.len().is_multiple_of(ip)
             || output.len() != planes * op
             || sums.is_some() != self.channel_sums
@@ -585,7 +605,7 @@ impl DepthwiseConv {
             let plane = first + i;
             let c = plane % g.channels;
             g.plane(
-                &input[plane * ip..][..ip],
+                &input[plane / g.multiplier * ip..][..ip],
                 &self.weights[c * g.taps()..][..g.taps()],
                 self.bias[c],
                 out,
@@ -725,12 +745,12 @@ impl IntoOutputs for DepthwiseConv {
         let &[n, c, h, w] = shape else {
             bail!("depthwise convolution input {shape:?} is not NCHW");
         };
-        if (c, h, w) != (g.channels, g.in_h, g.in_w) {
+        if (c * g.multiplier, h, w) != (g.channels, g.in_h, g.in_w) {
             bail!("depthwise convolution {g:?} got input {shape:?}");
         }
-        let output = tvec!(n, c, g.out_h, g.out_w);
+        let output = tvec!(n, g.channels, g.out_h, g.out_w);
         Ok(if self.channel_sums {
-            tvec!(output, tvec!(n, c, 1, 1))
+            tvec!(output, tvec!(n, g.channels, 1, 1))
         } else {
             tvec!(output)
         })
@@ -823,13 +843,13 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<Substitution> {
     let mut done = Substitution::default();
     for id in model.eval_order()? {
         let node = model.node(id);
-        let Some(conv) = node.op_as::<Conv>() else {
+        if node.op_as::<Conv>().is_none() {
             continue;
-        };
+        }
         let mut op = match DepthwiseConv::from_conv(model, node) {
             Ok(op) => op,
             // Ordinary convolutions are tract's business; only depthwise ones are reported.
-            Err(Unsupported::NotDepthwise { .. }) if conv.group < 2 => continue,
+            Err(Unsupported::NotDepthwise { .. }) => continue,
             Err(reason) => {
                 done.kept.push((node.name.clone(), reason));
                 continue;
@@ -874,7 +894,7 @@ mod tests {
 
     /// The definition, one output point at a time, with the padding as bounds checks.
     fn reference(g: &Geometry, input: &[f32], weights: &[f32], bias: &[f32]) -> Vec<f32> {
-        let planes = input.len() / g.in_plane();
+        let planes = input.len() / g.in_plane() * g.multiplier;
         let mut out = vec![0.0; planes * g.out_plane()];
         for p in 0..planes {
             let c = p % g.channels;
@@ -888,7 +908,9 @@ mod tests {
                             if iy < 0 || ix < 0 || iy >= g.in_h as isize || ix >= g.in_w as isize {
                                 continue;
                             }
-                            let x = input[p * g.in_plane() + iy as usize * g.in_w + ix as usize];
+                            let x = input[p / g.multiplier * g.in_plane()
+                                + iy as usize * g.in_w
+                                + ix as usize];
                             acc += (weights[c * g.taps() + ky * g.kernel + kx] * x) as f64;
                         }
                     }
@@ -901,7 +923,7 @@ mod tests {
 
     /// Runs the op and the reference on random data and compares them to float rounding.
     fn check(g: Geometry, planes: usize, seed: u32) {
-        let input = values(planes * g.in_plane(), seed);
+        let input = values(planes / g.multiplier * g.in_plane(), seed);
         let weights = values(g.channels * g.taps(), seed + 1);
         let bias = values(g.channels, seed + 2);
         let op = DepthwiseConv::new(g, &weights, &bias).expect("valid op");
@@ -978,6 +1000,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A channel multiplier (the EfficientNet stem: one input plane, 32 filters) reads input
+    /// channel `c / multiplier` for output channel `c`.
+    #[test]
+    fn matches_the_definition_with_a_channel_multiplier() {
+        for (channels, multiplier) in [(32, 32), (6, 3), (4, 1)] {
+            let g = Geometry::new(channels, 3, 2, (13, 11), (1, 1), (7, 6))
+                .and_then(|g| g.with_multiplier(multiplier))
+                .expect("supported");
+            check(g, 2 * channels, 40 + multiplier as u32);
+        }
+        let g = Geometry::new(6, 3, 1, (5, 5), (1, 1), (5, 5)).expect("supported");
+        assert!(g.with_multiplier(4).is_err());
+        assert!(g.with_multiplier(0).is_err());
     }
 
     /// The planes split across two threads give the single-thread result bit for bit.
