@@ -1,7 +1,7 @@
 //! Our own squeeze-excitation op for tract plans: the small network between an EfficientNet
 //! block's channel means and the scale its projection reads, in one node.
 //!
-//! After decluttering, each squeeze-excitation block is a chain of a dozen tract nodes once
+//! After decluttering, each squeeze-excitation block is a chain of about nine tract nodes once
 //! optimised: the mean (a multiplication of the channel sums by `1 / points`), two 1x1
 //! convolutions on a single point (each an einsum, a packing node, a reshape and a bias
 //! addition), a SiLU between them and a sigmoid at the end. Their arithmetic is tiny (about

@@ -40,7 +40,7 @@ pub struct TractOptions {
     /// ([`pointwise::fast_kernel`]); off measures tract's own.
     pub own_pointwise: bool,
     /// Run each squeeze-excitation chain (mean, two 1x1 convolutions on one point, SiLU,
-    /// sigmoid) as one [`squeeze`] op instead of a dozen tract nodes that each allocate their
+    /// sigmoid) as one [`squeeze`] op instead of about nine tract nodes that each allocate their
     /// output every frame (on by default).
     pub own_squeeze_excitation: bool,
 }
