@@ -719,18 +719,7 @@ impl Op for DepthwiseConv {
     op_as_typed_op!();
 }
 
-impl EvalOp for DepthwiseConv {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        reuse::eval_fresh(self, &inputs)
-    }
-
-    /// In a plan the op writes into the same output tensors every run ([`reuse`]).
-    fn state(&self, _ctx: &EvalContext) -> TractResult<Option<Box<dyn OpState>>> {
-        Ok(Some(Box::new(reuse::Reused::<DepthwiseConv>::new())))
-    }
-}
+reuse::eval_into_reused_outputs!(DepthwiseConv);
 
 impl IntoOutputs for DepthwiseConv {
     fn output_shapes(&self, inputs: &[TValue]) -> TractResult<TVec<TVec<usize>>> {

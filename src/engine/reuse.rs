@@ -21,6 +21,26 @@ pub trait IntoOutputs: Op + Clone {
     fn compute(&self, inputs: &[TValue], outputs: &mut [&mut Tensor]) -> TractResult<()>;
 }
 
+/// Implements tract's `EvalOp` for an [`IntoOutputs`] op: outside a plan it computes into
+/// new tensors ([`eval_fresh`]); in a plan it keeps a [`Reused`] state and writes into the
+/// tensors it handed out the run before.
+macro_rules! eval_into_reused_outputs {
+    ($op:ty) => {
+        impl EvalOp for $op {
+            op_out_of_plan!();
+
+            fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+                $crate::engine::reuse::eval_fresh(self, &inputs)
+            }
+
+            fn state(&self, _ctx: &EvalContext) -> TractResult<Option<Box<dyn OpState>>> {
+                Ok(Some(Box::new($crate::engine::reuse::Reused::<$op>::new())))
+            }
+        }
+    };
+}
+pub(crate) use eval_into_reused_outputs;
+
 /// Evaluates `op` into new tensors: outside a plan (constant folding, tests).
 pub fn eval_fresh<O: IntoOutputs>(op: &O, inputs: &[TValue]) -> TractResult<TVec<TValue>> {
     let shapes = op.output_shapes(inputs)?;

@@ -202,18 +202,7 @@ impl Op for SqueezeExcite {
     op_as_typed_op!();
 }
 
-impl EvalOp for SqueezeExcite {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        reuse::eval_fresh(self, &inputs)
-    }
-
-    /// In a plan the op writes into the same output tensor every run ([`reuse`]).
-    fn state(&self, _ctx: &EvalContext) -> TractResult<Option<Box<dyn OpState>>> {
-        Ok(Some(Box::new(reuse::Reused::<SqueezeExcite>::new())))
-    }
-}
+reuse::eval_into_reused_outputs!(SqueezeExcite);
 
 impl IntoOutputs for SqueezeExcite {
     fn output_shapes(&self, inputs: &[TValue]) -> TractResult<TVec<TVec<usize>>> {
