@@ -35,10 +35,9 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math::{Add, Mul};
 
-use super::fusion::{constant, is_bin, is_silu, shape, sole_consumer};
+use super::fusion::{conv_1x1, is_bin, is_silu, per_channel_bias, shape, sole_consumer};
 use super::mul_add::MulAdd;
 use super::reuse::{self, IntoOutputs};
 use super::silu;
@@ -662,23 +661,11 @@ struct Found {
 /// weights, then an addition of a constant bias) at `node`, with its neighbours that the op
 /// fuses.
 fn find(model: &TypedModel, node: &TypedNode, kernel: Kernel) -> Option<Found> {
-    let einsum = node.op_as::<EinSum>()?;
-    if einsum.q_params.is_some()
-        || einsum.operating_dt != f32::datum_type()
-        || einsum.axes.to_string() != "NIHW,OI->NOHW"
-        || node.inputs.len() != 2
-    {
-        return None;
-    }
+    let (weights, outputs, depth) = conv_1x1(model, node)?;
     let x_shape = shape(model, node.inputs[0])?;
     let &[_, inputs, height, width] = &x_shape[..] else {
         return None;
     };
-    let w_shape = shape(model, node.inputs[1])?;
-    let &[outputs, depth] = &w_shape[..] else {
-        return None;
-    };
-    let weights = constant(model, node.inputs[1])?;
     if depth != inputs || height * width < MIN_POINTS {
         return None;
     }
@@ -690,21 +677,11 @@ fn find(model: &TypedModel, node: &TypedNode, kernel: Kernel) -> Option<Found> {
     };
     let out_shape = [x_shape[0], outputs, height, width];
 
-    // The bias: tract keeps it as an addition of a constant [1, outputs, 1, 1].
     let mut last = node;
     let mut bias = Vec::new();
-    if let Some(add) = sole_consumer(model, last).filter(|n| is_bin::<Add>(n)) {
-        let other = add.inputs.iter().find(|o| o.node != last.id)?;
-        // Only a per-channel constant: `[1, outputs, 1, 1]` (or without the batch axis).
-        // Another shape with as many values would broadcast along another axis.
-        let per_channel = matches!(
-            shape(model, *other).as_deref(),
-            Some([1, c, 1, 1]) | Some([c, 1, 1]) if *c == outputs
-        );
-        if per_channel && let Some(b) = constant(model, *other) {
-            bias = b;
-            last = add;
-        }
+    if let Some((b, add)) = per_channel_bias(model, last, outputs) {
+        bias = b;
+        last = add;
     }
 
     // After it, a SiLU or the residual addition.

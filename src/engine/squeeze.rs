@@ -15,12 +15,11 @@
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::math::{Add, Mul};
+use tract_onnx::tract_core::ops::math::Mul;
 use tract_onnx::tract_core::ops::nn::Sigmoid;
 
-use super::fusion::{constant, is_bin, is_silu, shape, sole_consumer};
+use super::fusion::{constant, conv_1x1, is_bin, is_silu, per_channel_bias, shape, sole_consumer};
 use super::mul_add::MulAdd;
 use super::reuse::{self, IntoOutputs};
 use super::silu;
@@ -263,33 +262,14 @@ fn point_conv<'m>(
     node: &'m TypedNode,
     channels: usize,
 ) -> Option<(Vec<f32>, Vec<f32>, usize, &'m TypedNode)> {
-    let einsum = node.op_as::<EinSum>()?;
-    if einsum.q_params.is_some()
-        || einsum.operating_dt != f32::datum_type()
-        || einsum.axes.to_string() != "NIHW,OI->NOHW"
-        || node.inputs.len() != 2
-    {
-        return None;
-    }
-    let w_shape = shape(model, node.inputs[1])?;
-    let &[outputs, depth] = &w_shape[..] else {
-        return None;
-    };
+    let (weights, outputs, depth) = conv_1x1(model, node)?;
     if depth != channels {
         return None;
     }
-    let weights = constant(model, node.inputs[1])?;
-    if let Some(add) = sole_consumer(model, node).filter(|n| is_bin::<Add>(n)) {
-        let other = *add.inputs.iter().find(|o| o.node != node.id)?;
-        let per_channel = matches!(
-            shape(model, other).as_deref(),
-            Some([1, c, 1, 1]) | Some([c, 1, 1]) if *c == outputs
-        );
-        if per_channel && let Some(bias) = constant(model, other) {
-            return Some((weights, bias, outputs, add));
-        }
-    }
-    Some((weights, Vec::new(), outputs, node))
+    Some(match per_channel_bias(model, node, outputs) {
+        Some((bias, add)) => (weights, bias, outputs, add),
+        None => (weights, Vec::new(), outputs, node),
+    })
 }
 
 /// Matches the chain from a `Mul` of channel sums by a scalar constant to the sigmoid.
