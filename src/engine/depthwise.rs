@@ -410,12 +410,11 @@ impl PartialEq for DepthwiseConv {
     /// Bitwise on the weights, so that equal ops are interchangeable (tract compares ops to
     /// merge identical nodes).
     fn eq(&self, other: &DepthwiseConv) -> bool {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         self.geometry == other.geometry
             && self.silu == other.silu
             && self.channel_sums == other.channel_sums
-            && bits(&self.weights) == bits(&other.weights)
-            && bits(&self.bias) == bits(&other.bias)
+            && super::same_bits(&self.weights, &other.weights)
+            && super::same_bits(&self.bias, &other.bias)
     }
 }
 

@@ -161,6 +161,13 @@ pub fn open(bundle: &Bundle, kind: EngineKind) -> Result<Box<dyn Engine>, Engine
     Ok(select(bundle, kind, &TrtOptions::for_bundle(bundle))?.engine)
 }
 
+/// Whether two weight arrays are equal bit for bit: our ops compare their weights this way,
+/// so that equal ops are interchangeable when tract merges identical nodes (and a NaN weight
+/// equals itself).
+pub(crate) fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 /// Deterministic values in [-1, 1) (xorshift), for the kernels' unit tests, so a failure
 /// reproduces.
 #[cfg(test)]

@@ -155,13 +155,12 @@ impl PartialEq for PointwiseConv {
     /// Bitwise on the weights, so that equal ops are interchangeable (tract compares ops to
     /// merge identical nodes).
     fn eq(&self, other: &PointwiseConv) -> bool {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         self.geometry == other.geometry
             && self.epilogue == other.epilogue
             && self.scaled == other.scaled
             && self.kernel == other.kernel
-            && bits(&self.packed) == bits(&other.packed)
-            && bits(&self.bias) == bits(&other.bias)
+            && super::same_bits(&self.packed, &other.packed)
+            && super::same_bits(&self.bias, &other.bias)
     }
 }
 

@@ -46,14 +46,13 @@ pub struct SqueezeExcite {
 impl PartialEq for SqueezeExcite {
     /// Bitwise on the weights, so that equal ops are interchangeable.
     fn eq(&self, other: &SqueezeExcite) -> bool {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         self.channels == other.channels
             && self.squeezed == other.squeezed
             && self.mean_scale.to_bits() == other.mean_scale.to_bits()
-            && [(&self.w1, &other.w1), (&self.b1, &other.b1)]
-                .into_iter()
-                .chain([(&self.w2, &other.w2), (&self.b2, &other.b2)])
-                .all(|(a, b)| bits(a) == bits(b))
+            && super::same_bits(&self.w1, &other.w1)
+            && super::same_bits(&self.b1, &other.b1)
+            && super::same_bits(&self.w2, &other.w2)
+            && super::same_bits(&self.b2, &other.b2)
     }
 }
 
